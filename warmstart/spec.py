@@ -391,6 +391,15 @@ class EndpointConfig(_Value):
     )
     network: ExistingNetwork | None = Field(default=None, description="adopt an existing VPC")
     alarm_email: str | None = Field(default=None, description="SNS email for alarms")
+    stopped: bool = Field(
+        default=False, description="stopped by `warmstart endpoint stop`: no replicas, the gate answers 503"
+    )
+    gpu_instance_type: str | None = Field(
+        default=None, description="set by `endpoint change-gpu`: overrides the variant's instance type"
+    )
+    image_uri: str | None = Field(
+        default=None, description="runtime image (ECR URI); default: the pinned public vLLM-based image"
+    )
     log_retention_days: int = Field(default=30, description="CloudWatch log retention")
 
     @field_validator("name")
@@ -410,6 +419,13 @@ class EndpointConfig(_Value):
         allowed = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653)
         if v not in allowed:
             raise ValueError(f"log_retention_days={v} is not a CloudWatch retention; use one of {allowed}")
+        return v
+
+    @field_validator("gpu_instance_type")
+    @classmethod
+    def _gpu_override(cls, v: str | None) -> str | None:
+        if v is not None:
+            get_gpu(v)
         return v
 
     @model_validator(mode="after")
@@ -475,6 +491,9 @@ class EndpointConfig(_Value):
                 "max_concurrency": self.plan_limits.max_concurrency,
             }
         )
+
+    def instance_type_for(self, variant: Variant) -> str:
+        return self.gpu_instance_type or variant.gpu.instance_type
 
     def cap_for(self, variant: Variant) -> int:
         return self.replica_cap or variant.target_concurrency

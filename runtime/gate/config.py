@@ -22,11 +22,14 @@ class _Cfg(BaseModel):
 
 
 class PoolConfig(_Cfg):
-    kind: Literal["static", "local", "aws"] = Field(description="which replica pool backend")
+    kind: Literal["static", "local", "aws", "k8s"] = Field(description="which replica pool backend")
     upstreams: tuple[str, ...] = Field(default=(), description="static: vLLM base URLs (http://host:port)")
     variant: str | None = Field(default=None, description="local/aws: the variant served")
     asg_name: str | None = Field(default=None, description="aws: the replica ASG")
     region: str | None = Field(default=None, description="aws: region (default: the environment's)")
+    namespace: str | None = Field(default=None, description="k8s: namespace of the vLLM Deployment")
+    deployment: str | None = Field(default=None, description="k8s: the vLLM Deployment (scale subresource)")
+    service: str | None = Field(default=None, description="k8s: Service whose EndpointSlices list replicas")
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     idle_timeout_s: float = Field(default=300, gt=0, description="flex: idle seconds before zero")
@@ -40,6 +43,8 @@ class PoolConfig(_Cfg):
                 raise ValueError(f"upstream={url!r} is not an http(s) URL; use http://HOST:PORT")
         if self.kind == "aws" and not self.asg_name:
             raise ValueError("pool.kind='aws' needs asg_name; set the replica ASG's name")
+        if self.kind == "k8s" and not (self.namespace and self.deployment):
+            raise ValueError("pool.kind='k8s' needs namespace and deployment; name the vLLM Deployment")
         if self.kind == "local" and not self.variant:
             raise ValueError("pool.kind='local' needs variant; name one under variants/")
         if self.min_replicas > self.max_replicas:

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "warmstart.testing.redis_server",
     "warmstart.testing.moto_server",
+    "warmstart.testing.kube_api",
 ]

@@ -3,5 +3,6 @@
 pytest_plugins = [
     "warmstart.testing.redis_server",
     "warmstart.testing.moto_server",
+    "warmstart.testing.fleet",
     "warmstart.testing.kube_api",
 ]

@@ -12,14 +12,14 @@ from datetime import UTC, date, datetime
 from warmstart.errors import ConfigError
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
-_DURATION_RE = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)([smhdw])")
+_DURATION_RE = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhdw])")
 _RATE_UNITS = {
     "s": 60.0, "sec": 60.0, "second": 60.0,
     "m": 1.0, "min": 1.0, "minute": 1.0,
     "h": 1 / 60, "hr": 1 / 60, "hour": 1 / 60,
     "d": 1 / 1440, "day": 1 / 1440,
 }
-_RATE_RE = re.compile(r"(\d{1,9}(?:\.\d{1,6})?)/([a-z]+)")
+_RATE_RE = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)/([a-z]+)")
 MAX_DURATION_S = 100 * 365 * 86400.0
 
 
@@ -61,10 +61,10 @@ def parse_expires(text: str, *, now: float) -> float | None:
 
 def _parse_instant(value: str) -> float | None:
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
             day = date.fromisoformat(value)
             return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})", value):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})", value):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             return parsed.timestamp()
     except ValueError:
@@ -88,6 +88,6 @@ def parse_rate(text: str) -> float:
 
 def parse_daily_cap(text: str) -> int:
     value = text.strip() if isinstance(text, str) else ""
-    if not re.fullmatch(r"\d{1,12}", value) or int(value) < 1:
-        raise ConfigError(f"--daily-cap={text!r} must be a whole number of requests per day, at least 1")
+    if not re.fullmatch(r"[0-9]{1,13}", value) or not 1 <= int(value) <= 10**12:
+        raise ConfigError(f"--daily-cap={text!r} must be a whole number of requests per day, 1 to 10^12")
     return int(value)

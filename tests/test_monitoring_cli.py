@@ -130,7 +130,7 @@ def test_stack_reads_cloudwatch_and_prices_the_fleet(
     (tmp_path / "Pulumi.dev.yaml").write_text(STACK)
     monkeypatch.setenv("WARMSTART_STACKS_DIR", str(tmp_path))
     cw = boto3.client("cloudwatch", region_name="us-east-1")
-    dims = [{"Name": "Endpoint", "Value": naming.prefix("dev", "chat")}]
+    dims = [{"Name": "Endpoint", "Value": "chat"}]
     now = datetime.now(UTC)
     data = []
     for minutes_ago in (2, 5, 9):
@@ -141,11 +141,11 @@ def test_stack_reads_cloudwatch_and_prices_the_fleet(
             {"MetricName": "Rejected429", "Dimensions": dims, "Timestamp": ts, "Value": 2.0},
         ]
     data += [
-        {"MetricName": "ReplicasReady", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 2.0},
+        {"MetricName": "ReadyReplicas", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 2.0},
         {"MetricName": "ReplicasStarting", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 1.0},
         {"MetricName": "InFlight", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 17.0},
         # another endpoint's figures must not leak into this one
-        {"MetricName": "Requests", "Dimensions": [{"Name": "Endpoint", "Value": "ws-dev-other"}],
+        {"MetricName": "Requests", "Dimensions": [{"Name": "Endpoint", "Value": "other"}],
          "Timestamp": now - timedelta(minutes=1), "Value": 9999.0},
     ]
     cw.put_metric_data(Namespace=naming.METRIC_NAMESPACE, MetricData=data)
@@ -153,7 +153,7 @@ def test_stack_reads_cloudwatch_and_prices_the_fleet(
     res = CliRunner().invoke(metrics, ["--stack", "dev", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
-    assert d["source"] == "cloudwatch:ws-dev-chat"
+    assert d["source"] == "cloudwatch:chat"
     assert d["requests"] == 300 and d["tokens_out"] == 90000 and d["status_429"] == 6
     assert (d["replicas_ready"], d["replicas_starting"], d["in_flight"]) == (2, 1, 17)
     assert d["tokens_per_s"] == pytest.approx(90000 / 900)

@@ -1,7 +1,7 @@
 """The same summary as the local /metrics view, read from CloudWatch (GetMetricData) for a stack.
 
 On AWS the gates publish their figures to CloudWatch (namespace warmstart.naming.METRIC_NAMESPACE,
-dimension Endpoint=<ws-ENV-ENDPOINT>), and the Monitoring component's dashboard charts the same
+dimension Endpoint=<endpoint name>), and the Monitoring component's dashboard charts the same
 metric names. They are listed once here, in METRICS, so the dashboard, the alarms and this reader
 agree on them.
 
@@ -51,13 +51,15 @@ METRICS: dict[str, CloudWatchMetric] = {
     "status_5xx": CloudWatchMetric("Errors5xx", "Sum", "window"),
     "lease_leaks": CloudWatchMetric("LeaseLeaks", "Sum", "window"),
     "in_flight": CloudWatchMetric("InFlight", "Average", "latest"),
-    "replicas_ready": CloudWatchMetric("ReplicasReady", "Average", "latest"),
+    "replicas_ready": CloudWatchMetric("ReadyReplicas", "Average", "latest"),
     "replicas_starting": CloudWatchMetric("ReplicasStarting", "Average", "latest"),
 }
 
 
 def dimension_value(environment: str, endpoint: str) -> str:
-    return naming.prefix(environment, endpoint)
+    # The AWS replica pool (runtime/pool/aws.py) publishes InFlight/ReadyReplicas with
+    # Endpoint=<the gate config's endpoint id>, which is the endpoint's name.
+    return endpoint
 
 
 def _window_period(window_s: float) -> int:

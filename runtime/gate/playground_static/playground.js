@@ -326,9 +326,9 @@
     const fromFragment = keyFromFragment();
     if (fromFragment) setKey(fromFragment);
     else if (currentKey()) setKeyStatus("key " + currentKey().slice(0, 12) + "…" + currentKey().slice(-4) + " in use (this tab only)");
-    $("#save-key").addEventListener("click", () => { if (setKey($("#key").value)) loadModels(); });
-    $("#key").addEventListener("keydown", (e) => {
-      if (e.key === "Enter") { e.preventDefault(); if (setKey($("#key").value)) loadModels(); }
+    $("#key-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      if (setKey($("#key").value)) loadModels();
     });
     $("#forget-key").addEventListener("click", () => {
       sessionStorage.removeItem(KEY_STORE);

@@ -20,6 +20,7 @@ from runtime.gate.keys import (
     KeyNotFound,
     KeyRecord,
     KeyStore,
+    KeyStoreUnavailable,
     generate_key,
     hash_key,
     is_well_formed,
@@ -476,3 +477,51 @@ def test_sqlite_store_survives_fork(tmp_path: Path) -> None:
     assert is_well_formed(child_key)
     assert store.get(hash_key(child_key)) is not None
     assert store.get(record.key_hash) == record
+
+
+# -- failures of the store itself ---------------------------------------------------------------------
+
+
+def test_unreachable_dynamodb_is_unavailable_not_unknown(
+    aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from warmstart.testing.net import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = open_key_store(f"dynamodb:{TABLE}")
+    for call in (lambda: store.get(hash_key(generate_key())), lambda: store.create(endpoint="demo"),
+                 store.list, lambda: store.revoke("ws_live_abcd")):
+        with pytest.raises(KeyStoreUnavailable) as e:
+            call()
+        assert "\n" not in str(e.value) and TABLE in str(e.value)
+
+
+def test_a_table_with_the_wrong_schema_is_a_one_line_error(aws_env: str) -> None:
+    boto3.client("dynamodb").create_table(
+        TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+    )
+    with pytest.raises(KeyStoreUnavailable) as e:
+        open_key_store(f"dynamodb:{TABLE}").create(endpoint="demo")
+    assert "put_item" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_locked_sqlite_file_is_unavailable(tmp_path: Path) -> None:
+    from runtime.gate.keys._sqlite import SqliteKeyStore
+
+    path = tmp_path / "keys.db"
+    store = SqliteKeyStore(path, busy_timeout_s=0.05)
+    key, _ = store.create(endpoint="demo")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(KeyStoreUnavailable, match="locked"):
+            store.create(endpoint="demo")
+        with pytest.raises(KeyStoreUnavailable, match="locked"):
+            store.revoke(key)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.revoke(key).revoked_at is not None  # and it recovers

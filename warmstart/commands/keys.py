@@ -166,6 +166,7 @@ def rotate(keys_url: str, ident: str, grace: str, expires: str | None, as_json: 
         old = store.get(record.rotated_from) if record.rotated_from else None
     finally:
         store.close()
+    now = time.time()  # after the rotation: a zero grace shows the old key as expired
     old_info = {"old": old.public_dict(now)} if old else {}
     _show_new_key(key, record, now, as_json, old_info)
     if old is not None:

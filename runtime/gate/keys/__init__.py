@@ -25,6 +25,7 @@ from runtime.gate.keys._store import (
     Expiry,
     KeyNotFound,
     KeyStore,
+    KeyStoreUnavailable,
     open_key_store,
     parse_ident,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "KeyRecord",
     "KeyState",
     "KeyStore",
+    "KeyStoreUnavailable",
     "display_form",
     "generate_key",
     "hash_key",

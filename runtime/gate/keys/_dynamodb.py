@@ -26,6 +26,7 @@ from runtime.gate.keys._store import (
     KEEP_LIFETIME,
     Clock,
     Expiry,
+    KeyStoreUnavailable,
     matches_ident,
     new_key_record,
     parse_ident,
@@ -82,20 +83,24 @@ class DynamoKeyStore:
     def __init__(self, table: str, *, clock: Clock = time.time) -> None:
         if not _TABLE_RE.fullmatch(table):
             raise ConfigError(
-                f"keys=dynamodb:{table} names no valid table; use dynamodb:TABLE "
+                f"keys={'dynamodb:' + table!r} names no valid table; use dynamodb:TABLE "
                 "(3-255 letters, digits, '_', '-', '.')"
             )
         import boto3
+        import botocore.config
         import botocore.exceptions
 
         self.table = table
         self._clock = clock
         self._errors = botocore.exceptions
+        # Bounded timeouts: the gate reads keys on the request path (through its cache), and a hung
+        # connection must become a 503 in seconds, not a minute. Retries follow the environment.
+        config = botocore.config.Config(connect_timeout=3, read_timeout=5)
         try:
-            self._client: Any = boto3.client("dynamodb")
+            self._client: Any = boto3.client("dynamodb", config=config)
         except botocore.exceptions.NoRegionError:
             raise ConfigError(
-                f"keys=dynamodb:{table} needs an AWS region; set AWS_REGION (or AWS_DEFAULT_REGION)"
+                f"keys={'dynamodb:' + table!r} needs an AWS region; set AWS_REGION (or AWS_DEFAULT_REGION)"
             ) from None
 
     def __repr__(self) -> str:
@@ -104,17 +109,31 @@ class DynamoKeyStore:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, op: str, **kwargs: Any) -> Any:
+    def _call(self, op: str, *, expected: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """One DynamoDB call. ClientErrors whose code is in ``expected`` reach the caller; every other
+        failure becomes a one-line ConfigError (fixable by the user) or KeyStoreUnavailable."""
+        where = f"keys={'dynamodb:' + self.table!r}"
         try:
             return getattr(self._client, op)(**kwargs)
         except self._errors.ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
+            error = e.response.get("Error", {})
+            code = error.get("Code", "")
+            if code in expected:
+                raise
             if code == "ResourceNotFoundException":
                 raise ConfigError(
-                    f"keys=dynamodb:{self.table}: no such table in this account/region; "
+                    f"{where}: no such table in this account/region; "
                     "deploy the stack's Keys component or fix the table name"
                 ) from None
-            raise
+            message = " ".join(str(error.get("Message", "")).split())
+            raise KeyStoreUnavailable(f"{where}: DynamoDB {op} failed: {code}: {message}") from None
+        except self._errors.NoCredentialsError:
+            raise ConfigError(
+                f"{where}: no AWS credentials found; configure a profile or role (AWS_PROFILE, ...)"
+            ) from None
+        except self._errors.BotoCoreError as e:
+            reason = " ".join(str(e).split())
+            raise KeyStoreUnavailable(f"{where}: DynamoDB {op} failed: {reason}") from None
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -148,7 +167,8 @@ class DynamoKeyStore:
         )
         try:
             self._call(
-                "put_item", TableName=self.table, Item=record_to_item(record),
+                "put_item", expected=("ConditionalCheckFailedException",),
+                TableName=self.table, Item=record_to_item(record),
                 ConditionExpression="attribute_not_exists(#k)",
                 ExpressionAttributeNames={"#k": "key_hash"},
             )
@@ -177,7 +197,7 @@ class DynamoKeyStore:
         now = self._clock()
         try:
             self._call(
-                "update_item", TableName=self.table, Key={"key_hash": {"S": record.key_hash}},
+                "update_item", expected=("ConditionalCheckFailedException",), TableName=self.table, Key={"key_hash": {"S": record.key_hash}},
                 UpdateExpression="SET #r = :now",
                 ConditionExpression="attribute_exists(#k) AND attribute_not_exists(#r)",
                 ExpressionAttributeNames={"#k": "key_hash", "#r": "revoked_at"},
@@ -214,7 +234,7 @@ class DynamoKeyStore:
                 unchanged = "#x = :seen"
                 values = {":until": {"N": _num(old_until)}, ":seen": {"N": _num(old.expires_at)}}
             try:
-                self._call("transact_write_items", TransactItems=[
+                self._call("transact_write_items", expected=("TransactionCanceledException",), TransactItems=[
                     {"Put": {
                         "TableName": self.table, "Item": record_to_item(record),
                         "ConditionExpression": "attribute_not_exists(#k)",

@@ -24,6 +24,7 @@ from runtime.gate.keys._store import (
     KEEP_LIFETIME,
     Clock,
     Expiry,
+    KeyStoreUnavailable,
     matches_ident,
     new_key_record,
     parse_ident,
@@ -64,9 +65,12 @@ def _row_to_record(row: tuple[Any, ...]) -> KeyRecord:
 
 
 class SqliteKeyStore:
-    def __init__(self, path: str | os.PathLike[str], *, clock: Clock = time.time) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Clock = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> None:
         self.path = Path(path).expanduser()
         self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -85,14 +89,14 @@ class SqliteKeyStore:
             # Hashes only, but still nobody else's business: create the file owner-only.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(
-                f"keys=sqlite:{self.path} cannot be opened ({e}); give a writable file path"
+                f"keys={'sqlite:' + str(self.path)!r} cannot be opened ({e}); give a writable file path"
             ) from None
         return conn
 
@@ -104,7 +108,13 @@ class SqliteKeyStore:
                 # (closing could disturb the parent's locks).
                 self._conn = self._connect()
                 self._pid = os.getpid()
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as e:  # locked past busy_timeout, disk full, I/O error
+                where = f"keys={'sqlite:' + str(self.path)!r}"
+                raise KeyStoreUnavailable(f"{where}: {' '.join(str(e).split())}") from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

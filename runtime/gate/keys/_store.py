@@ -55,6 +55,11 @@ class AmbiguousKey(OperationError):
     """A display prefix matches more than one key."""
 
 
+class KeyStoreUnavailable(OperationError):
+    """The store could not be read or written (network, throttling, permissions, a locked file).
+    The gate answers 503 for this, never 401: an outage is not a bad key."""
+
+
 @runtime_checkable
 class KeyStore(Protocol):
     """Where key records live. Plaintext keys never reach a store: only their SHA-256."""

@@ -5,4 +5,6 @@ pytest_plugins = [
     "warmstart.testing.moto_server",
     "warmstart.testing.fleet",
     "warmstart.testing.kube_api",
+    "warmstart.testing.upstream",
+    "warmstart.testing.gate_server",
 ]

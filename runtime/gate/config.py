@@ -71,6 +71,7 @@ class GateConfig(_Cfg):
     keepalive_interval_s: float = Field(default=10, gt=0, le=15, description="SSE ': keep-alive' period")
     key_cache_ttl_s: float = Field(default=5, ge=0, le=60, description="revocation takes effect within this")
     stopped: bool = Field(default=False, description="endpoint stopped: 503 without waking")
+    body_timeout_s: float = Field(default=30, gt=0, le=600, description="slow request bodies → 408")
 
     @model_validator(mode="after")
     def _plan(self) -> GateConfig:

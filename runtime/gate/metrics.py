@@ -1,0 +1,48 @@
+"""Prometheus metrics of the gate. The names are a contract (the monitoring component parses them).
+
+Under gunicorn every worker is a process: with PROMETHEUS_MULTIPROC_DIR set (gunicorn_conf.py sets
+it before the workers start) prometheus_client writes each value to a per-process mmap file and
+/metrics aggregates them; ws_in_flight sums live processes only, so a dead worker's gauge vanishes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_TTFT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120)
+_WAIT = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter("ws_requests_total", "Requests answered, by route and HTTP status", ["route", "status"])
+DURATION = Histogram("ws_request_duration_seconds", "Request duration (to the last byte)", ["route"],
+                     buckets=_LATENCY)
+TTFT = Histogram("ws_time_to_first_token_seconds", "Time to the first relayed token", ["route"], buckets=_TTFT)
+IN_FLIGHT = Gauge("ws_in_flight", "Admitted requests holding a lease", multiprocess_mode="livesum")
+QUEUE_WAIT = Histogram("ws_queue_wait_seconds", "Time held waiting for capacity before admission",
+                       buckets=_WAIT)
+TOKENS = Counter("ws_tokens_total", "Tokens in (prompt) and out (completion), from usage", ["direction"])
+REJECTIONS = Counter("ws_rejections_total", "Requests refused, by status and reason", ["status", "reason"])
+LEASE_LEAKS = Counter("ws_lease_leaks_total", "Leases that expired without being released (should stay 0)")
+REPLICAS = Gauge("ws_replicas", "Replicas by state, as the pool reports them", ["state"],
+                 multiprocess_mode="livemostrecent")
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: aggregated across gunicorn workers when running multiprocess."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

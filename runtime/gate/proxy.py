@@ -1,0 +1,141 @@
+"""Talking to the replicas: pooled HTTP/1.1 connections (urllib3), streamed bodies, and a
+watch on the client's socket so a caller that goes away closes the upstream connection at once
+(vLLM aborts a request whose connection closes, freeing its KV cache and its batch slot).
+
+Under gunicorn's gevent worker urllib3's sockets are gevent sockets (the worker monkey-patches
+before the app is imported), so a blocked read parks one greenlet, not the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
+from urllib3.response import HTTPResponse
+
+from runtime.gate import errors
+
+log = logging.getLogger("warmstart.gate.proxy")
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # "pool is full" noise under load
+
+
+class Upstreams:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, per_replica: int) -> None:
+        self.read_timeout_s = read_timeout_s
+        self._http = urllib3.PoolManager(
+            num_pools=64, maxsize=max(16, per_replica), block=False, retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+        )
+
+    def open(self, base_url: str, path: str, body: bytes, request_id: str) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._http.request(
+                "POST", base_url + path, body=body, preload_content=False, redirect=False,
+                headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                         "X-Request-Id": request_id},
+            )
+        except ReadTimeoutError:
+            raise errors.upstream_timeout(self.read_timeout_s) from None
+        except HTTPError as e:
+            raise errors.upstream_failed(_describe(e)) from None
+
+    def get(self, base_url: str, path: str) -> urllib3.BaseHTTPResponse:
+        return self._http.request("GET", base_url + path, timeout=urllib3.Timeout(connect=2, read=5))
+
+
+def _describe(e: BaseException) -> str:
+    for name in ("NewConnectionError", "ConnectTimeoutError"):
+        if type(e).__name__ == name:
+            return "connection refused or unreachable"
+    if isinstance(e, ProtocolError):
+        return "connection closed mid-response"
+    return type(e).__name__
+
+
+def chunks(resp: urllib3.BaseHTTPResponse, timeout_s: float) -> Iterator[bytes]:
+    """The upstream body as it arrives: one HTTP chunk at a time, never waiting to fill a buffer.
+
+    Raises GateError (502/504) if the upstream fails before the end.
+    """
+    try:
+        if resp.chunked and isinstance(resp, HTTPResponse) and resp.supports_chunked_reads():
+            yield from resp.read_chunked(None, decode_content=True)
+        else:
+            while True:
+                data = resp.read1(65536)
+                if not data:
+                    return
+                yield data
+    except ReadTimeoutError:
+        raise errors.upstream_timeout(timeout_s) from None
+    except (HTTPError, OSError, ValueError, AttributeError) as e:
+        # AttributeError/ValueError: http.client after the watcher closed the socket underneath it.
+        raise errors.upstream_failed(_describe(e)) from None
+
+
+def abort(resp: urllib3.BaseHTTPResponse) -> None:
+    """Close the upstream connection now, from any greenlet (never reused: the reply is unfinished)."""
+    try:
+        resp.shutdown()
+    except Exception:
+        pass
+    try:
+        resp.close()
+    except Exception:
+        pass
+
+
+class DisconnectWatch:
+    """Notices a client that closes its connection while the gate waits on the upstream.
+
+    A WSGI app only learns of a disconnect when a write fails; while it is blocked reading the
+    upstream (before the first token, between slow tokens, or on a non-streamed request) nothing
+    is written. Under gunicorn's gevent worker the client socket is in environ['gunicorn.socket']:
+    one greenlet peeks at it and calls `on_close` when it reads EOF.
+    """
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.closed = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._greenlet: Any = None
+        sock = environ.get("gunicorn.socket")
+        if sock is None:
+            return
+        try:
+            from gevent import monkey, spawn
+        except ImportError:
+            return
+        if not monkey.is_module_patched("socket"):
+            return
+        self._greenlet = spawn(self._watch, sock)
+
+    def on_close(self, cb: Callable[[], None]) -> None:
+        self._callbacks.append(cb)
+        if self.closed:
+            cb()
+
+    def clear(self) -> None:
+        self._callbacks.clear()
+
+    def _watch(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            data = b""
+        if data:
+            return  # the client sent more (pipelining): not a disconnect; stop watching
+        self.closed = True
+        for cb in list(self._callbacks):
+            try:
+                cb()
+            except Exception:
+                log.exception("disconnect callback failed")
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True)
+            self._greenlet = None

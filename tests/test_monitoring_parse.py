@@ -175,3 +175,20 @@ def test_uptime_gives_rates_for_a_single_scrape() -> None:
 def test_garbage_is_a_one_line_error() -> None:
     with pytest.raises(OperationError, match="not Prometheus text"):
         parse_metrics("ws_requests_total{status=\"200\" 12\n")
+
+
+def test_only_model_traffic_counts_as_requests_and_latency() -> None:
+    m = GateMetrics()
+    for _ in range(50):  # scrapes, model lists and health checks: fast and frequent
+        m.requests.labels("/metrics", "200").inc()
+        m.requests.labels("/v1/models", "200").inc()
+        m.duration.labels("/metrics").observe(0.001)
+        m.duration.labels("/v1/models").observe(0.001)
+    for _ in range(4):
+        m.requests.labels("/v1/chat/completions", "200").inc()
+        m.duration.labels("/v1/chat/completions").observe(2.0)
+    m.tokens.labels("out").inc(80)
+    s = summarize(parse_metrics(m.text()))
+    assert s.requests == 4
+    assert s.latency_p50_s is not None and s.latency_p50_s > 1.0
+    assert s.stream_tokens_per_s == pytest.approx(80 / 8.0)

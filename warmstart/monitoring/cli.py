@@ -117,7 +117,12 @@ def cost_line(c: CostEstimate | None) -> str:
 def render(s: Summary, title: str, c: CostEstimate | None) -> str:
     span = "since the gate started" if s.window_s is None else f"last {s.window_s:.0f} s"
     rate = f" ({_n(s.requests_per_s, 2)}/s)" if s.requests_per_s is not None else ""
-    tps = f" ({_n(s.tokens_per_s, 1)} tokens/s)" if s.tokens_per_s is not None else ""
+    if s.tokens_per_s is not None:
+        tps = f" ({_n(s.tokens_per_s, 1)} tokens/s)"
+    elif s.stream_tokens_per_s is not None:
+        tps = f" ({_n(s.stream_tokens_per_s, 1)} tokens/s per stream)"
+    else:
+        tps = ""
     rows = [
         f"{title} — {span}",
         f"  requests     {_n(s.requests)}{rate}   429: {_n(s.status_429)}   503: {_n(s.status_503)}   5xx: {_n(s.status_5xx)}",

@@ -118,8 +118,18 @@ _HISTOGRAMS = {
 }
 
 
+# Only model traffic counts as requests and latency: /metrics scrapes, health checks, the playground's
+# assets and the free /v1/models would otherwise drown the percentiles in sub-millisecond answers.
+INFERENCE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+
+def _counted(labels: dict[str, str]) -> bool:
+    route = labels.get("route")
+    return route is None or route in INFERENCE_ROUTES
+
+
 def parse_metrics(text: str, at: float | None = None) -> Scrape:
-    """Parse Prometheus text exposition into a Scrape; unknown metrics are ignored."""
+    """Parse Prometheus text exposition into a Scrape; unknown metrics and routes are ignored."""
     buckets: dict[str, dict[tuple[tuple[str, str], ...], dict[float, float]]] = defaultdict(dict)
     counts: dict[str, float] = defaultdict(float)
     sums: dict[str, float] = defaultdict(float)
@@ -139,6 +149,8 @@ def parse_metrics(text: str, at: float | None = None) -> Scrape:
     for fam in families:
         for s in fam.samples:
             name, labels, value = s.name, s.labels, float(s.value)
+            if not _counted(labels):
+                continue
             if fam.name in _HISTOGRAMS:
                 attr = _HISTOGRAMS[fam.name]
                 series = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
@@ -231,6 +243,7 @@ class Summary:
     status_503: float
     status_5xx: float
     lease_leaks: float
+    stream_tokens_per_s: float | None = None  # output tokens per second of request time (per stream)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +296,7 @@ def summarize(current: Scrape, previous: Scrape | None = None, source: str = "lo
         status_503=s503,
         status_5xx=s5xx,
         lease_leaks=current.lease_leaks,
+        stream_tokens_per_s=tok_out / dur.sum if dur.sum > 0 else None,
     )
 
 

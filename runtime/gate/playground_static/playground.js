@@ -105,7 +105,8 @@
       showBanner("cannot reach the endpoint: " + e.message, "error");
       return;
     }
-    updateQuota(resp.headers);
+    // No quota update here: /v1/models is free, and its rate headers describe the plan's
+    // concurrency, not this key's daily count. The count shows after the first completion.
     if (!resp.ok) {
       showBanner(await errorText(resp), "error");
       return;

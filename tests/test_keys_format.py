@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import runtime.gate.keys as keys_pkg
@@ -48,6 +48,7 @@ def test_hash_is_sha256_of_the_whole_key_pinned() -> None:
     assert hash_key("ws_live_" + "0" * 64) == "cac59e7f89662545c915fcff69fd0382d406dcf7920823177d52b578b0a68216"
 
 
+@settings(deadline=None)  # a loaded 2-core CI box must not turn slowness into failures
 @given(well_formed)
 def test_well_formed_keys_hash_to_a_digest(key: str) -> None:
     assert is_well_formed(key)
@@ -56,6 +57,7 @@ def test_well_formed_keys_hash_to_a_digest(key: str) -> None:
     assert hashes_equal(digest, hash_key(key)) and not hashes_equal(digest, hash_key(key[:-1] + "x"))
 
 
+@settings(deadline=None)
 @given(well_formed, st.integers(min_value=0, max_value=71), st.characters())
 def test_any_single_change_breaks_the_format(key: str, pos: int, char: str) -> None:
     mutated = key[:pos] + char + key[pos + 1 :]
@@ -63,6 +65,7 @@ def test_any_single_change_breaks_the_format(key: str, pos: int, char: str) -> N
     assert is_well_formed(mutated) == bool(re.fullmatch(r"ws_live_[0-9a-f]{64}", mutated))
 
 
+@settings(deadline=None)
 @given(st.text(max_size=100))
 def test_random_text_is_not_a_key(text: str) -> None:
     assert is_well_formed(text) == bool(re.fullmatch(r"ws_live_[0-9a-f]{64}", text))
@@ -81,6 +84,7 @@ def test_not_well_formed(bad: object) -> None:
 # -- identifiers --------------------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(well_formed)
 def test_ident_forms(key: str) -> None:
     assert parse_ident(key).key_hash == hash_key(key)
@@ -94,6 +98,7 @@ def test_ident_forms(key: str) -> None:
         assert (ident.key_hash, ident.prefix, ident.last4) == (None, key[:n], None)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=120))
 def test_ident_parsing_never_crashes_and_never_echoes_a_long_value(text: str) -> None:
     try:
@@ -128,12 +133,14 @@ def test_record_display_and_states() -> None:
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=5000), st.sampled_from(sorted(UNITS)))
 def test_duration_round_trip(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == n * UNITS[unit]
     assert parse_expires(f"{n}{unit}", now=NOW) == NOW + n * UNITS[unit]
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_parsers_reject_garbage_with_one_line(text: str) -> None:
     for parse in (parse_duration, parse_rate, parse_daily_cap, lambda t: parse_expires(t, now=NOW)):
@@ -180,6 +187,7 @@ def test_bad_rates(text: str) -> None:
         parse_rate(text)
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=1, max_value=10**12))
 def test_daily_cap_round_trip(n: int) -> None:
     assert parse_daily_cap(str(n)) == n

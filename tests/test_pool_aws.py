@@ -13,7 +13,6 @@ from runtime.gate.config import GateConfig
 from runtime.pool.aws import AwsPool, replica_phase
 from runtime.scaling import asg as asgops
 from runtime.scaling.coordination import MemoryCoordinator, RedisCoordinator
-from warmstart.naming import METRIC_NAMESPACE
 from warmstart.testing.fleet import Fleet
 
 
@@ -145,16 +144,23 @@ def test_flex_goes_to_zero_only_after_idle_timeout(fleet: Fleet) -> None:
     assert fleet.group()["DesiredCapacity"] == 0
 
 
-def test_requests_keep_a_flex_endpoint_up_and_demand_drop_scales_in(fleet: Fleet) -> None:
+def test_requests_keep_a_flex_endpoint_up_until_a_whole_idle_window(fleet: Fleet) -> None:
     clock = Clock()
     pool = pool_for(fleet, clock)
     pool.report_demand(90)
     assert fleet.group()["DesiredCapacity"] == 3
-    for _ in range(10):  # ten minutes of 25 in flight: needs 1 replica, never 0
+    for _ in range(10):  # ten minutes with traffic: never to zero (partial scale-in is target tracking's)
         clock.t += 60
         pool.report_demand(25)
-        pool.controller.tick()
-    assert fleet.group()["DesiredCapacity"] == 1
+        assert pool.controller.tick() is None
+    assert fleet.group()["DesiredCapacity"] == 3
+    for _ in range(5):  # five quiet minutes (the gate still reports, with nothing in flight)
+        clock.t += 60
+        pool.report_demand(0)
+        assert pool.controller.tick() is None
+    clock.t += 20
+    decision = pool.controller.tick()
+    assert decision is not None and decision.desired == 0
 
 
 def test_active_never_goes_below_min_replicas(fleet: Fleet) -> None:
@@ -162,11 +168,17 @@ def test_active_never_goes_below_min_replicas(fleet: Fleet) -> None:
     pool = pool_for(fleet, clock, min_replicas=2)
     pool.report_demand(100)
     assert fleet.group()["DesiredCapacity"] == 4
-    clock.t += 3600
-    decision = pool.controller.tick()
-    assert decision is not None and decision.desired == 2
-    clock.t += 3600
-    assert pool.controller.tick() is None
+    for _ in range(3):
+        clock.t += 3600
+        assert pool.controller.tick() is None
+    assert fleet.group()["DesiredCapacity"] == 4
+    pool.wake()  # Active wakes to its floor, never to less
+    assert fleet.group()["DesiredCapacity"] == 4
+
+
+def test_active_wakes_to_its_floor(fleet: Fleet) -> None:
+    pool = pool_for(fleet, min_replicas=2)
+    pool.wake()
     assert fleet.group()["DesiredCapacity"] == 2
 
 
@@ -207,18 +219,31 @@ def test_stopped_group_is_reported_and_never_woken(fleet: Fleet) -> None:
     assert fleet.group()["DesiredCapacity"] == 0
 
 
-def test_in_flight_metrics_published_to_cloudwatch(fleet: Fleet) -> None:
+def test_gate_metrics_published_to_cloudwatch(fleet: Fleet) -> None:
+    from runtime.gate import metrics as gate_metrics
+    from warmstart import metrics
+
     fleet.client("autoscaling").set_desired_capacity(AutoScalingGroupName=fleet.asg_name, DesiredCapacity=2)
     pool = pool_for(fleet)
     pool.snapshot()
-    pool._in_flight = 45  # what the gate last reported (report_demand would also scale)
+    pool.metric_data()  # baseline: counts since the last publish start here
+    for status in ("200", "200", "429"):
+        gate_metrics.REQUESTS.labels("chat", status).inc()
+    gate_metrics.REJECTIONS.labels("429", "budget").inc()
+    pool.observe_in_flight(45)
+    pool.observe_in_flight(10)  # InFlight is the peak since the last publish
+    data = pool.metric_data()
+    values = {d["MetricName"]: d["Value"] for d in data}
+    assert values == {"InFlight": 45.0, "InFlightPerReplica": 22.5, "ReadyReplicas": 2.0,
+                      "Requests": 3.0, "Rejected429": 1.0, "Rejected503": 0.0}
+    assert set(values) == set(metrics.PUBLISHED)
+
+    pool.observe_in_flight(0)
     pool.publish_metrics()
     cw = fleet.client("cloudwatch")
-    listed = cw.list_metrics(Namespace=METRIC_NAMESPACE)["Metrics"]
-    assert {m["MetricName"] for m in listed} == {"InFlight", "InFlightPerReplica", "ReadyReplicas"}
+    listed = cw.list_metrics(Namespace=metrics.NAMESPACE)["Metrics"]
+    assert {m["MetricName"] for m in listed} == set(metrics.PUBLISHED)
     assert all(m["Dimensions"] == [{"Name": "Endpoint", "Value": "chat"}] for m in listed)
-    values = {d["MetricName"]: d["Value"] for d in pool.metric_data()}
-    assert values == {"InFlight": 45.0, "InFlightPerReplica": 22.5, "ReadyReplicas": 2.0}
 
 
 def test_capacity_failure_switches_to_the_variants_fallback_type(fleet: Fleet, aws_calls: Any) -> None:

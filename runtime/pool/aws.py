@@ -19,8 +19,10 @@ in-between phases for humans.
 
 Scaling: `wake()` and `report_demand()` hand the numbers to runtime.scaling's controller (one
 scale-up across all gates, through the Redis lock when the store is redis://); the background
-thread also runs the idle controller's tick, publishes the in-flight metrics to CloudWatch and
-switches to the variant's fallback instance types when launches fail for lack of capacity.
+thread also runs the idle controller's tick (Flex -> 0), publishes the gate's metrics
+(warmstart.metrics.PUBLISHED: InFlight, InFlightPerReplica, ReadyReplicas, Requests, ...) to
+CloudWatch once a minute for the Scaling component's target tracking and idle alarm, and switches
+to the variant's fallback instance types when launches fail for lack of capacity.
 Pulumi ignores desired capacity, so none of this fights a later `pulumi up`.
 """
 
@@ -43,13 +45,12 @@ from runtime.scaling import asg as asgops
 from runtime.scaling.controller import ScalingController
 from runtime.scaling.coordination import Coordinator, coordinator_for
 from runtime.scaling.policy import Limits
-from warmstart.naming import METRIC_NAMESPACE
+from warmstart import metrics
 from warmstart.spec import load_variant
 
 log = logging.getLogger("warmstart.pool.aws")
 
 DEFAULT_ENGINE_PORT = 8000
-METRIC_NAMES = ("InFlight", "InFlightPerReplica", "ReadyReplicas")
 
 _PENDING = ("Pending", "Pending:Wait", "Pending:Proceed")
 _DRAINING = (
@@ -59,6 +60,22 @@ _DRAINING = (
 _PHASES: dict[str, ReplicaState] = {
     "loading-weights": "loading", "loading": "loading", "warming": "warming", "ready": "ready",
 }
+
+
+def _gate_counts() -> dict[str, float]:
+    """This process's request and rejection totals from the gate's Prometheus counters."""
+    try:
+        from runtime.gate import metrics as gate_metrics
+    except ImportError:  # the pool used outside the gate (tools, tests of the pool alone)
+        return {}
+    out = {"requests": 0.0, "429": 0.0, "503": 0.0}
+    for family in gate_metrics.REQUESTS.collect():
+        out["requests"] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    for family in gate_metrics.REJECTIONS.collect():
+        for s in family.samples:
+            if s.name.endswith("_total") and s.labels.get("status") in ("429", "503"):
+                out[s.labels["status"]] += s.value
+    return out
 
 
 def replica_phase(lifecycle_state: str, health: str, phase_tag: str | None) -> str | None:
@@ -128,6 +145,8 @@ class AwsPool(ReplicaPool):
         self._desired: int | None = None
         self._fetched_at: float | None = None
         self._in_flight = 0
+        self._peak_in_flight = 0
+        self._counted: dict[str, float] = {}
         self._handled_activity: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,7 +176,7 @@ class AwsPool(ReplicaPool):
             self._note_desired(decision.desired)
 
     def report_demand(self, in_flight: int) -> None:
-        self._in_flight = max(int(in_flight), 0)
+        self.observe_in_flight(in_flight)
         if self._snap.stopped:
             return
         try:
@@ -241,19 +260,42 @@ class AwsPool(ReplicaPool):
 
     # -- metrics ----------------------------------------------------------------------------------
 
+    def observe_in_flight(self, in_flight: int) -> None:
+        with self._lock:
+            self._in_flight = max(int(in_flight), 0)
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
     def metric_data(self) -> list[dict[str, Any]]:
+        """The gate's published metrics (warmstart.metrics.PUBLISHED) since the last call.
+
+        InFlight is the peak since the last publish (the Scaling component reads it as Maximum);
+        Requests and rejections are this process's counts since then (CloudWatch sums the gates
+        and workers). A zero Requests datapoint is published when idle on purpose: the Flex idle
+        alarm reads it.
+        """
+        with self._lock:
+            peak, self._peak_in_flight = self._peak_in_flight, self._in_flight
         ready = len(self._snap.ready)
-        per_replica = self._in_flight / ready if ready else float(self._in_flight)
-        dims = [{"Name": "Endpoint", "Value": self.config.endpoint}]
-        values = (float(self._in_flight), per_replica, float(ready))
-        units = ("Count", "Count", "Count")
+        counts = _gate_counts()
+        deltas = {k: max(v - self._counted.get(k, 0.0), 0.0) for k, v in counts.items()}
+        self._counted = counts
+        values = {
+            "InFlight": float(peak),
+            metrics.INFLIGHT_PER_REPLICA: peak / max(ready, 1),
+            "ReadyReplicas": float(ready),
+            metrics.REQUESTS: deltas.get("requests", 0.0),
+            "Rejected429": deltas.get("429", 0.0),
+            "Rejected503": deltas.get("503", 0.0),
+        }
+        dims = [{"Name": metrics.DIMENSION, "Value": self.config.endpoint}]
         return [
-            {"MetricName": n, "Dimensions": dims, "Value": v, "Unit": u}
-            for n, v, u in zip(METRIC_NAMES, values, units, strict=True)
+            {"MetricName": name, "Dimensions": dims, "Value": values[name], "Unit": unit}
+            for name, (unit, _) in metrics.PUBLISHED.items()
+            if name in values
         ]
 
     def publish_metrics(self) -> None:
-        self._cw.put_metric_data(Namespace=METRIC_NAMESPACE, MetricData=self.metric_data())
+        self._cw.put_metric_data(Namespace=metrics.NAMESPACE, MetricData=self.metric_data())
 
     # -- capacity fallback ------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ It runs inside every gate (the AWS pool drives it) and the gates coordinate thro
   re-reads the group and sets the new desired capacity only if it is still below the target.
   So 20 gates waking at once make one SetDesiredCapacity call.
 - `tick()` runs on a timer. The "tick" lock, held for the whole interval and never released
-  early, makes one gate per interval the scaler; it lowers the desired capacity when the peak
-  in-flight of the last idle_timeout seconds needs fewer replicas (none, for Flex).
+  early, makes one gate per interval the scaler; it sets a Flex endpoint's desired capacity to 0
+  once the last idle_timeout seconds saw no request. (Partial scale-in is the Scaling
+  component's target-tracking policy; its idle alarm is the backstop when no gate is running.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from runtime.scaling import asg as asgops
 from runtime.scaling.coordination import Coordinator, bucket_of
-from runtime.scaling.policy import Decision, Limits, scale_in_target, scale_out_target, wake_target
+from runtime.scaling.policy import Decision, Limits, idle_target, scale_out_target, wake_target
 
 log = logging.getLogger("warmstart.scaling")
 
@@ -90,9 +91,11 @@ class ScalingController:
             return None
         return self._raise(lambda d: scale_out_target(in_flight, d, self.limits))
 
-    # -- lowering capacity ----------------------------------------------------------------------
+    # -- to zero ----------------------------------------------------------------------
 
     def tick(self) -> Decision | None:
+        if not self.limits.flex:
+            return None  # Active: min_replicas is the floor, nothing here lowers capacity
         if self.coord.try_lock("tick", self.tick_interval_s * 0.9) is None:
             return None  # another gate is the scaler for this interval
         lease = self.coord.try_lock("scale", SCALE_LOCK_TTL_S)
@@ -108,7 +111,7 @@ class ScalingController:
             # moment ago is in it, so we do not scale to zero under its feet.
             peak = self.coord.peak_since(window_start, now)
             observed = now - self.coord.observing_since(now)
-            decision = scale_in_target(int(group["DesiredCapacity"]), peak, observed, self.limits)
+            decision = idle_target(int(group["DesiredCapacity"]), peak, observed, self.limits)
             if decision is not None:
                 asgops.set_desired(self.asg, self.asg_name, decision.desired)
                 log.info("%s: desired capacity %s -> %s (%s)", self.asg_name,

@@ -1,9 +1,9 @@
 """The scaling rules as pure functions: no clock, no network; the controller feeds them numbers.
 
     scale out:  needed = ceil(in_flight / target_per_replica), clamped to [min, max], applied at once
-    scale in:   the same rule over the *peak* in-flight of the last idle_timeout seconds, applied
-                only after that whole window has been observed. For Flex (min 0) a window with no
-                request at all gives 0: scale to zero. Active is clamped at min_replicas >= 1.
+    to zero:    Flex only, once a whole idle_timeout window (observed, not assumed) saw no request.
+                Active never goes below min_replicas >= 1: nothing here lowers it. Partial
+                scale-in is the Scaling component's target-tracking policy (same formula).
 """
 
 from __future__ import annotations
@@ -58,15 +58,17 @@ def scale_out_target(in_flight: int, current_desired: int, limits: Limits) -> De
     )
 
 
-def scale_in_target(
+def idle_target(
     current_desired: int, peak_in_flight: int, observed_for_s: float, limits: Limits
 ) -> Decision | None:
+    """Flex only: zero replicas once a whole idle_timeout window saw no request at all.
+
+    Partial scale-in (N -> M > 0) and Active endpoints are left to the target-tracking policy of
+    the Scaling component (same formula, CloudWatch's conservative scale-in): one controller per
+    direction, so the two never fight.
+    """
+    if not limits.flex or current_desired == 0 or peak_in_flight > 0:
+        return None
     if observed_for_s < limits.idle_timeout_s:
         return None  # not enough history: a fresh gate must not scale in on an empty record
-    needed = replicas_needed(peak_in_flight, limits.target_per_replica, limits.min_replicas, limits.max_replicas)
-    if needed >= current_desired:
-        return None
-    window = f"{limits.idle_timeout_s:g}s"
-    if needed == 0:
-        return Decision(0, f"idle: no request for {window} (flex scales to zero)")
-    return Decision(needed, f"scale in: peak {peak_in_flight} in flight over {window} -> {needed}")
+    return Decision(0, f"idle: no request for {limits.idle_timeout_s:g}s (flex scales to zero)")

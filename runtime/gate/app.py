@@ -133,7 +133,7 @@ class Gate:
         self._waiting = 0
         self._lock = threading.Lock()
         self._last_demand = 0.0
-        self._mean_duration = 5.0  # EWMA of admitted request durations: feeds the 429 Retry-After
+        self._mean_duration = 1.0  # EWMA of admitted request durations: feeds the 429 Retry-After
 
     # -- auth -------------------------------------------------------------------------------------
     def authenticate(self, ctx: Ctx) -> KeyRecord:

@@ -117,8 +117,11 @@ def daily_cap(cap: int, reset_s: float) -> GateError:
 
 
 def stopped(retry_after_s: float) -> GateError:
+    # x-should-retry false: a stopped endpoint stays stopped until an operator starts it; SDKs
+    # should not sit out Retry-After on it (the header stays, for people and dashboards).
     return GateError(503, "This endpoint is stopped; start it with `warmstart endpoint start`.",
-                     "service_unavailable", "endpoint_stopped", retry_after_s=retry_after_s, reason="stopped")
+                     "service_unavailable", "endpoint_stopped", retry_after_s=retry_after_s,
+                     should_retry=False, reason="stopped")
 
 
 def capacity_unavailable(retry_after_s: float, waited_s: float) -> GateError:

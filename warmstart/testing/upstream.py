@@ -94,7 +94,10 @@ class Upstream:
         self.stats.paths[path] = self.stats.paths.get(path, 0) + 1
         if body.get("model") != self.model:
             return self._error(start_response, 404, f"The model `{body.get('model')}` does not exist.")
-        opts = {**self.defaults, **(body.get("ws_test") or {})}
+        try:
+            opts = self._options(body.get("ws_test"))
+        except (TypeError, ValueError):
+            return self._error(start_response, 400, "ws_test must be an object of numbers")
         if "status" in opts:
             return self._error(start_response, int(opts["status"]), "upstream asked to fail")
         if path == "/v1/embeddings":
@@ -103,6 +106,22 @@ class Upstream:
             start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
             return self._stream(path, body, opts)
         return self._complete(start_response, path, body, opts)
+
+    def _options(self, given: Any) -> dict[str, Any]:
+        opts: dict[str, Any] = dict(self.defaults)
+        if given is None:
+            return opts
+        if not isinstance(given, dict):
+            raise TypeError("ws_test")
+        for k in ("tokens", "interval_ms", "first_token_ms", "die_after", "status"):
+            if k in given:
+                v = float(given[k])
+                if not 0 <= v <= 100_000:
+                    raise ValueError(k)
+                opts[k] = v
+        if "status" in opts and not 100 <= opts["status"] <= 599:
+            raise ValueError("status")
+        return opts
 
     # -- responses ----------------------------------------------------------------------------
     @staticmethod

@@ -2,6 +2,7 @@
 # area registers its plugin module here.
 pytest_plugins = [
     "warmstart.testing.redis_server",
+    "warmstart.testing.playground",
     "warmstart.testing.moto_server",
     "warmstart.testing.fleet",
     "warmstart.testing.kube_api",

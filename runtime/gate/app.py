@@ -270,7 +270,7 @@ class Gate:
 
     # -- relay ------------------------------------------------------------------------------------
     def open_upstream(self, url: str, parsed: Parsed, ctx: Ctx, watch: DisconnectWatch) -> urllib3.BaseHTTPResponse:
-        resp = self.upstreams.open(url, request.path, parsed.body, ctx.request_id)
+        resp = self.upstreams.open(url, parsed.path, parsed.body, ctx.request_id)
         watch.on_close(lambda: abort(resp))
         return resp
 

@@ -24,6 +24,7 @@ MAX_N = 128
 
 @dataclass(frozen=True)
 class Parsed:
+    path: str  # the route, forwarded as is
     body: bytes  # what goes upstream: the caller's bytes, re-encoded only when `model` is rewritten
     stream: bool
     model: str
@@ -104,7 +105,7 @@ def parse(route: str, raw: bytes, served_name: str, max_tokens_limit: int) -> Pa
     if rewrite:
         data["model"] = served_name
         raw = json.dumps(data, ensure_ascii=False).encode()
-    return Parsed(body=raw, stream=bool(stream), model=served_name, prompt_chars=prompt_chars)
+    return Parsed(path=route, body=raw, stream=bool(stream), model=served_name, prompt_chars=prompt_chars)
 
 
 def _prompt_ok(p: Any) -> bool:

@@ -4,6 +4,7 @@ code; and `warmstart endpoint metrics --local` reading that gate's real /metrics
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 
 import openai
@@ -82,13 +83,17 @@ def test_metrics_command_reads_the_real_gate(playground_gate: PlaygroundGate) ->
     key = playground_gate.mint(kind="api")
     before = json.loads(CliRunner().invoke(metrics, ["--local", "--url", playground_gate.url, "--json"]).output)
     client = openai.OpenAI(base_url=playground_gate.url + "/v1", api_key=key, max_retries=0)
-    for _ in range(3):
+
+    def one(_: int) -> str:
         stream = client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "hi"}], stream=True,
             stream_options={"include_usage": True},
         )
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        assert text.startswith("tok0 ")
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(3) as pool:  # concurrent, so both gunicorn workers likely serve some
+        texts = list(pool.map(one, range(3)))
+    assert all(t.startswith("tok0 ") for t in texts)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=playground_gate.url + "/v1", api_key="ws_live_" + "0" * 64,
                       max_retries=0).models.list()

@@ -2,8 +2,9 @@
 deterministic upstream, and a real headless Chromium driven by Selenium.
 
     playground_gate   session: upstream (24 tokens, 120 ms apart, first after 1.5 s, so streaming
-                      and the "waking" state are visible to a browser) + `python -m runtime.gate`
-                      with 2 gevent workers, memory store, sqlite keys; .mint(...) makes keys
+                      and the "waking" state are visible to a browser) + the gate under gunicorn
+                      (warmstart.testing.gate_server) with 2 gevent workers, memory store, sqlite
+                      keys; .mint(...) makes keys
     chromium          session: Selenium WebDriver on /usr/bin/chromium + /usr/bin/chromedriver
                       (Debian packages; selenium-manager never downloads anything)
     artifacts_dir     artifacts/playground/ (gitignored): screenshots kept after the run
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from warmstart.testing.net import free_port, wait_for_port
 
@@ -49,14 +49,15 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 
 
 class PlaygroundGate:
-    """A running gate (gunicorn, real socket) with its own upstream, key store and log file."""
+    """The gate engineers' GateServer (gunicorn, real socket) with its own slow upstream."""
 
-    endpoint = "demo"
     served_name = "test-model"
 
     def __init__(self, workdir: Path, workers: int = 2) -> None:
-        self.workdir = workdir
-        self.keys_url = f"sqlite:{workdir / 'keys.db'}"
+        # Imported here: gate_server is a pytest plugin of its own; importing it at module level
+        # would load it before pytest can rewrite its asserts.
+        from warmstart.testing.gate_server import GateServer, gate_config
+
         up_port = free_port()
         self._upstream = subprocess.Popen(
             [sys.executable, "-m", "warmstart.testing.upstream", "--port", str(up_port),
@@ -65,40 +66,21 @@ class PlaygroundGate:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(up_port)
-        config = {
-            "endpoint": self.endpoint,
-            "plan": "pro",
-            "served_name": self.served_name,
-            "store": "memory",
-            "keys": self.keys_url,
-            "pool": {"kind": "static", "upstreams": [f"http://127.0.0.1:{up_port}"]},
-        }
-        cfg_path = workdir / "gate.yaml"
-        cfg_path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.log_path = workdir / "gate.log"
-        self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn_conf makes its own
-        self._gate = subprocess.Popen(
-            [sys.executable, "-m", "runtime.gate", "--config", str(cfg_path),
-             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--graceful-timeout", "2"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )
+        config = gate_config([f"http://127.0.0.1:{up_port}"], keys=f"sqlite:{workdir / 'keys.db'}",
+                             endpoint="demo", hold_timeout_s=30)
         try:
-            wait_for_port(self.port, timeout=60)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"the gate did not start; its log:\n{self.log_path.read_text()[-3000:]}") from None
+            self.server = GateServer(workdir, config, workers=workers)
+        except BaseException:
+            _stop(self._upstream)
+            raise
+        self.endpoint = self.server.endpoint
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
     def mint(self, *, kind: str = "playground", daily_cap: int | None = None) -> str:
-        from warmstart.testing.keys import mint_key
-
-        return mint_key(self.keys_url, self.endpoint, kind=kind, daily_cap=daily_cap)
+        return self.server.mint(kind=kind, daily_cap=daily_cap)
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         try:
@@ -108,13 +90,11 @@ class PlaygroundGate:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.server.log()
 
     def stop(self) -> None:
-        _stop(self._gate)
+        self.server.stop()
         _stop(self._upstream)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ pytest_plugins = [
     "warmstart.testing.redis_server",
     "warmstart.testing.playground",
     "warmstart.testing.moto_server",
+    "warmstart.testing.pulumi_harness",
     "warmstart.testing.fleet",
     "warmstart.testing.kube_api",
     "warmstart.testing.upstream",

@@ -1,0 +1,91 @@
+"""Deployment: one endpoint on the EC2 substrate, composed from the other components.
+
+Order matters only where machines boot: the log groups (Monitoring) exist before any gate or
+replica instance starts; the gate's security group exists before the replicas' rule refers to
+it. Physical names come from warmstart.naming so day-two commands find them with boto3 alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.base import child, standard_tags
+from components.edge import Edge, EdgeArgs
+from components.keys import Keys, KeysArgs
+from components.monitoring import Monitoring, MonitoringArgs
+from components.network import Network, NetworkArgs
+from components.nodegroup import GpuNodeGroup, GpuNodeGroupArgs
+from components.scaling import Scaling, ScalingArgs
+from components.weights import WeightCache, WeightCacheArgs
+from warmstart.spec import EndpointConfig, Variant
+
+
+@dataclass
+class DeploymentArgs:
+    endpoint: EndpointConfig
+    variant: Variant
+    region: str
+    image_uri: str
+
+
+class Deployment(pulumi.ComponentResource):
+    endpoint_url: pulumi.Output[str]
+    api_key: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str]
+    variant: str
+
+    def __init__(self, name: str, args: DeploymentArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("warmstart:deployment:Deployment", name, None, opts)
+        ep, v = args.endpoint, args.variant
+        env = ep.environment
+        tags = standard_tags(env, ep.name, v.name)
+        instance_type = ep.instance_type_for(v)
+
+        network = Network(f"{name}-net", NetworkArgs(
+            tags=tags, region=args.region, existing=ep.network, nat_per_az=env == "prod",
+        ), opts=child(self))
+        keys = Keys(f"{name}-keys", KeysArgs(environment=env, endpoint=ep.name, plan=ep.plan, tags=tags),
+                    opts=child(self))
+        monitoring = Monitoring(f"{name}-mon", MonitoringArgs(
+            environment=env, endpoint=ep.name, region=args.region, instance_type=instance_type,
+            gate_instances=ep.gate_instances, log_retention_days=ep.log_retention_days, tags=tags,
+            alarm_email=ep.alarm_email,
+        ), opts=child(self))
+        weights = WeightCache(f"{name}-weights", WeightCacheArgs(
+            variant=v, availability_zones=network.availability_zones, az_count=network.az_count,
+            fast_snapshot_restore=ep.fast_snapshot_restore, tags=tags,
+        ), opts=child(self))
+        edge = Edge(f"{name}-edge", EdgeArgs(
+            endpoint=ep, variant=v, region=args.region, image_uri=args.image_uri,
+            vpc_id=network.vpc_id, vpc_cidr=network.vpc_cidr,
+            public_subnet_ids=network.public_subnet_ids, private_subnet_ids=network.private_subnet_ids,
+            keys_table_name=keys.table_name, keys_table_arn=keys.table_arn,
+            log_group_arn=monitoring.gate_log_group.arn, tags=tags, boot_before=[monitoring.gate_log_group],
+        ), opts=child(self))
+        # Stopped: no replica may run (max 0); the gate answers 503 (GateConfig.stopped).
+        min_size = 0 if ep.stopped else ep.min_replicas
+        max_size = 0 if ep.stopped else ep.max_replicas
+        nodes = GpuNodeGroup(f"{name}-replicas", GpuNodeGroupArgs(
+            environment=env, endpoint=ep.name, region=args.region, variant=v, instance_type=instance_type,
+            image_uri=args.image_uri, vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
+            gate_security_group_id=edge.gate_security_group_id, snapshot_id=weights.snapshot_id,
+            log_group_arn=monitoring.replica_log_group.arn, min_size=min_size, max_size=max_size,
+            warm_pool_size=ep.warm_pool_size, tags=tags,
+            volume_initialization_rate=ep.volume_initialization_rate,
+            boot_before=[monitoring.replica_log_group],
+        ), opts=child(self))
+        Scaling(f"{name}-scaling", ScalingArgs(
+            endpoint=ep.name, asg_name=nodes.asg_name, mode=ep.mode, target_per_replica=ep.cap_for(v),
+            idle_timeout_s=ep.idle_timeout_s, stopped=ep.stopped, tags=tags,
+        ), opts=child(self))
+
+        self.endpoint_url = edge.url
+        self.api_key = keys.api_key
+        self.dashboard_url = monitoring.dashboard_url
+        self.variant = v.name
+        self.register_outputs({
+            "endpoint_url": self.endpoint_url, "api_key": self.api_key,
+            "dashboard_url": self.dashboard_url, "variant": self.variant,
+        })

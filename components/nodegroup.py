@@ -1,0 +1,216 @@
+"""GpuNodeGroup: the replica pool on EC2 — one vLLM per GPU instance.
+
+- IAM: an instance role that may only write its own log group, complete its own ASG's lifecycle
+  action, pull the runtime image (and be reached by Session Manager; there is no SSH).
+- Network: engine port open only to the gate's security group; egress HTTPS only.
+- Launch template: GPU AMI resolved from an SSM parameter at deploy time, IMDSv2 required,
+  encrypted root volume, weights volume restored from the variant's snapshot (gp3 with raised
+  throughput/IOPS so the model loads fast), cloud-init that starts exactly the launcher's argv.
+- ASG: min 0 (Flex) or min_replicas (Active), max from the plan, desired capacity owned by the
+  scaler and the gate (ignored by Pulumi), a launch lifecycle hook that makes "InService" mean
+  "vLLM answers /health", and a warm pool of Stopped instances whose volumes were pre-read.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.base import (
+    Tags,
+    asg_arn,
+    asg_tags,
+    assume_role_policy,
+    child,
+    image_pull_statements,
+    invoke,
+    named,
+    policy_document,
+    statement,
+)
+from runtime.image import cloudinit
+from runtime.replica.launcher import DEFAULT_PORT
+from warmstart import naming
+from warmstart.spec import Variant
+
+# Deep Learning Base OSS Nvidia Driver AMI (Amazon Linux 2023): NVIDIA driver, Docker and the
+# NVIDIA container toolkit preinstalled. Resolved at `pulumi up`, so replicas of one deploy
+# share one AMI and a new AMI arrives with a deploy (and an instance refresh), never silently.
+GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+LAUNCH_HOOK = "warmstart-launch"
+ROOT_DEVICE = "/dev/xvda"
+
+
+@dataclass
+class GpuNodeGroupArgs:
+    environment: str
+    endpoint: str
+    region: str
+    variant: Variant
+    instance_type: str
+    image_uri: str
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[str]]
+    gate_security_group_id: pulumi.Input[str]
+    snapshot_id: pulumi.Input[str]
+    log_group_arn: pulumi.Input[str]
+    min_size: int
+    max_size: int
+    warm_pool_size: int
+    tags: Tags
+    volume_initialization_rate: int | None = None
+    root_volume_gib: int = 100
+    weights_iops: int = 4000
+    weights_throughput_mibps: int = 1000
+    health_check_grace_s: int = 900
+    ready_wait_s: int = 1800
+    port: int = DEFAULT_PORT
+    ami_parameter: str = GPU_AMI_PARAMETER
+    boot_before: Sequence[pulumi.Resource] = ()
+
+
+class GpuNodeGroup(pulumi.ComponentResource):
+    asg_name: pulumi.Output[str]
+    security_group_id: pulumi.Output[str]
+    launch_template_id: pulumi.Output[str]
+    user_data: str
+
+    def __init__(self, name: str, args: GpuNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("warmstart:nodegroup:GpuNodeGroup", name, None, opts)
+        env, ep, t = args.environment, args.endpoint, args.tags
+        asg_name = naming.replica_asg_name(env, ep)
+        account = aws.get_caller_identity_output(opts=invoke(self)).account_id
+
+        role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+                            description=f"warmstart replica {env}/{ep}", tags=t, opts=child(self))
+        aws.iam.RolePolicy(
+            f"{name}-policy", role=role.id,
+            policy=pulumi.Output.all(args.log_group_arn, asg_arn(args.region, account, asg_name)).apply(
+                lambda a: policy_document([
+                    statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[0]}:*"], "OwnLogs"),
+                    statement(["autoscaling:CompleteLifecycleAction"], [a[1]], "OwnLifecycleHook"),
+                    *image_pull_statements(args.image_uri),
+                ])
+            ),
+            opts=child(self),
+        )
+        # Session Manager instead of SSH: no key pair, no port 22.
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ssm", role=role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", opts=child(self),
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=t, opts=child(self))
+
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-sg", vpc_id=args.vpc_id, description=f"warmstart replicas {env}/{ep}: engine port from the gate only",
+            tags=named(t, f"{name}-sg"), opts=child(self),
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-engine-from-gate", security_group_id=sg.id, ip_protocol="tcp", from_port=args.port,
+            to_port=args.port, referenced_security_group_id=args.gate_security_group_id,
+            description="vLLM, from the gate only", tags=t, opts=child(self),
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-https-out", security_group_id=sg.id, ip_protocol="tcp", from_port=443, to_port=443,
+            cidr_ipv4="0.0.0.0/0", description="AWS APIs and the image registry (via NAT)", tags=t,
+            opts=child(self),
+        )
+
+        self.user_data = cloudinit.render_replica(cloudinit.ReplicaUserData(
+            variant=args.variant, image_uri=args.image_uri, region=args.region,
+            log_group=naming.replica_log_group(env, ep), asg_name=asg_name, launch_hook_name=LAUNCH_HOOK,
+            port=args.port, ready_wait_s=args.ready_wait_s,
+        ))
+        ami = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=invoke(self)).value
+        lt = aws.ec2.LaunchTemplate(
+            f"{name}-lt",
+            name=naming.replica_launch_template_name(env, ep),
+            description=f"warmstart replica {env}/{ep}: {args.variant.name} on {args.instance_type}",
+            image_id=ami,
+            instance_type=args.instance_type,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            vpc_security_group_ids=[sg.id],
+            ebs_optimized="true",
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,
+                instance_metadata_tags="disabled",
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name=ROOT_DEVICE,
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=args.root_volume_gib, volume_type="gp3", encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                ),
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name=cloudinit.WEIGHTS_DEVICE,
+                    # Encryption comes from the snapshot (WeightCache checks it is encrypted).
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        snapshot_id=args.snapshot_id, volume_size=args.variant.weights_size_gib,
+                        volume_type="gp3", iops=args.weights_iops, throughput=args.weights_throughput_mibps,
+                        volume_initialization_rate=args.volume_initialization_rate,
+                        delete_on_termination="true",
+                    ),
+                ),
+            ],
+            user_data=base64.b64encode(self.user_data.encode()).decode(),
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=named(t, asg_name)),
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=named(t, asg_name)),
+            ],
+            update_default_version=True,
+            tags=t,
+            opts=child(self),
+        )
+
+        warm_pool = None
+        if args.warm_pool_size > 0:
+            warm_pool = aws.autoscaling.GroupWarmPoolArgs(
+                pool_state="Stopped", min_size=args.warm_pool_size,
+                max_group_prepared_capacity=max(args.max_size, args.warm_pool_size),
+                instance_reuse_policy=aws.autoscaling.GroupWarmPoolInstanceReusePolicyArgs(reuse_on_scale_in=True),
+            )
+        asg = aws.autoscaling.Group(
+            f"{name}-asg",
+            name=asg_name,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            desired_capacity=args.min_size,
+            vpc_zone_identifiers=args.subnet_ids,
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=lt.id, version=lt.latest_version.apply(str)),
+            health_check_type="EC2",
+            health_check_grace_period=args.health_check_grace_s,
+            default_instance_warmup=args.health_check_grace_s,
+            # A GPU may not be available right now; Pulumi must not block waiting for one.
+            wait_for_capacity_timeout="0",
+            initial_lifecycle_hooks=[aws.autoscaling.GroupInitialLifecycleHookArgs(
+                name=LAUNCH_HOOK, lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                default_result="ABANDON", heartbeat_timeout=args.ready_wait_s + 600,
+            )],
+            warm_pool=warm_pool,
+            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                strategy="Rolling",
+                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                    min_healthy_percentage=100 if args.min_size > 0 else 0, max_healthy_percentage=200,
+                    skip_matching=True, scale_in_protected_instances="Ignore", standby_instances="Ignore",
+                ),
+            ),
+            enabled_metrics=[aws.autoscaling.Metric.GROUP_DESIRED_CAPACITY,
+                             aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES,
+                             aws.autoscaling.Metric.GROUP_PENDING_INSTANCES,
+                             aws.autoscaling.Metric.GROUP_TOTAL_INSTANCES,
+                             aws.autoscaling.Metric.WARM_POOL_WARMED_CAPACITY],
+            tags=asg_tags(named(t, asg_name)),
+            # Desired capacity belongs to the scaling policies and the gate's wake-ups; a deploy
+            # must never reset it (that would kill serving replicas or undo a wake).
+            opts=child(self, ignore_changes=["desiredCapacity"], depends_on=list(args.boot_before)),
+        )
+        self.asg_name = asg.name
+        self.security_group_id = sg.id
+        self.launch_template_id = lt.id
+        self.register_outputs({"asg_name": self.asg_name, "launch_template_id": self.launch_template_id})

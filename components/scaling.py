@@ -1,0 +1,92 @@
+"""Scaling: needed = ceil(in_flight / target_per_replica), and Flex's idle rule.
+
+- Scale out/in: a target-tracking policy on InFlightPerReplica (published by the gate) with
+  target = the variant's target concurrency. Target tracking sets capacity to
+  ceil(current * metric / target) = ceil(in_flight / target), clamped by the ASG to [min, max]:
+  the scale-out rule of DESIGN.md.
+- From zero: with no replica there is no per-replica metric; the gate wakes the pool itself
+  (SetDesiredCapacity through the aws pool) when a request arrives.
+- Flex idle: an alarm on Requests (Sum per minute) below 1 for ceil(idle_timeout / 60)
+  consecutive minutes runs a step policy that sets the capacity to exactly 0. Missing data
+  counts as idle (no gate publishing means nobody is calling).
+- Active: no idle rule; the ASG's min_size (>= 1) is the floor.
+- Stopped: alarm actions are disabled; the node group's max size is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import pulumi
+import pulumi_aws as aws
+
+from components.base import Tags, child
+from warmstart import metrics
+
+
+def idle_periods(idle_timeout_s: int) -> int:
+    """Whole minutes without requests that make an endpoint idle (CloudWatch periods are 60 s)."""
+    return max(1, math.ceil(idle_timeout_s / 60))
+
+
+@dataclass
+class ScalingArgs:
+    endpoint: str
+    asg_name: pulumi.Input[str]
+    mode: Literal["flex", "active"]
+    target_per_replica: int
+    idle_timeout_s: int
+    stopped: bool
+    tags: Tags
+    instance_warmup_s: int = 300
+
+
+class Scaling(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ScalingArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("warmstart:scaling:Scaling", name, None, opts)
+        dims = [aws.autoscaling.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricDimensionArgs(
+            name=metrics.DIMENSION, value=args.endpoint)]
+        self.target_tracking = aws.autoscaling.Policy(
+            f"{name}-inflight",
+            autoscaling_group_name=args.asg_name,
+            policy_type="TargetTrackingScaling",
+            estimated_instance_warmup=args.instance_warmup_s,
+            enabled=not args.stopped,
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                target_value=float(args.target_per_replica),
+                customized_metric_specification=(
+                    aws.autoscaling.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationArgs(
+                        namespace=metrics.NAMESPACE, metric_name=metrics.INFLIGHT_PER_REPLICA,
+                        metric_dimensions=dims, statistic="Average", unit="Count",
+                    )
+                ),
+            ),
+            opts=child(self),
+        )
+        self.idle_alarm: aws.cloudwatch.MetricAlarm | None = None
+        if args.mode == "flex":
+            to_zero = aws.autoscaling.Policy(
+                f"{name}-idle-to-zero",
+                autoscaling_group_name=args.asg_name,
+                policy_type="StepScaling",
+                adjustment_type="ExactCapacity",
+                enabled=not args.stopped,
+                step_adjustments=[aws.autoscaling.PolicyStepAdjustmentArgs(
+                    scaling_adjustment=0, metric_interval_upper_bound="0",
+                )],
+                opts=child(self),
+            )
+            periods = idle_periods(args.idle_timeout_s)
+            self.idle_alarm = aws.cloudwatch.MetricAlarm(
+                f"{name}-idle",
+                alarm_description=f"Flex: no requests for {periods} minute(s) -> scale replicas to 0",
+                namespace=metrics.NAMESPACE, metric_name=metrics.REQUESTS,
+                dimensions={metrics.DIMENSION: args.endpoint}, statistic="Sum", period=60,
+                evaluation_periods=periods, datapoints_to_alarm=periods, threshold=1,
+                comparison_operator="LessThanThreshold", treat_missing_data="breaching",
+                actions_enabled=not args.stopped, alarm_actions=[to_zero.arn],
+                tags=args.tags, opts=child(self),
+            )
+        self.register_outputs({})

@@ -1,0 +1,1 @@
+"""What a machine boots: the runtime image (Dockerfile), cloud-init rendering, shipped scripts."""

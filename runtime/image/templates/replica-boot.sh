@@ -1,0 +1,62 @@
+#!/bin/bash
+# warmstart replica boot: runs at EVERY boot (systemd oneshot), not only the first, because a
+# warm-pool instance is launched once (into Warmed:Stopped), stopped, and later started again to
+# go InService. The instance's target lifecycle state decides what this boot is for:
+#   Warmed:Stopped  prepare only: pull the image, then hand over to warm-pool-hook.sh (pre-reads
+#                   the weights volume and completes the launch lifecycle action)
+#   anything else   serve: render the engine command with this boot's private address, start
+#                   vLLM, and complete the launch lifecycle action once /health answers, so that
+#                   InService means "serving" (ABANDON if it never does: the ASG replaces it).
+set -euo pipefail
+
+# shellcheck source=/dev/null
+. "${WARMSTART_BOOT_ENV:-/etc/warmstart/boot.env}"
+IMDS="${WARMSTART_IMDS:-http://169.254.169.254}"
+SYSTEMCTL="${WARMSTART_SYSTEMCTL:-systemctl}"
+
+token="$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 21600" "$IMDS/latest/api/token")"
+meta() {
+  curl -fsS -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/$1"
+}
+
+# The lifecycle state appears a few seconds after boot; an instance outside an ASG never gets one.
+state=""
+for _ in $(seq 1 "${STATE_WAIT_TRIES:-60}"); do
+  state="$(meta autoscaling/target-lifecycle-state 2>/dev/null || true)"
+  [ -n "$state" ] && break
+  sleep 2
+done
+instance_id="$(meta instance-id)"
+private_ip="$(meta local-ipv4)"
+
+if [[ "$IMAGE_URI" == *.dkr.ecr.*.amazonaws.com/* ]]; then
+  aws ecr get-login-password --region "$REGION" \
+    | docker login --username AWS --password-stdin "${IMAGE_URI%%/*}"
+fi
+docker pull --quiet "$IMAGE_URI"
+
+if [ "$state" = "Warmed:Stopped" ]; then
+  exec "$BIN_DIR/warm-pool-hook.sh"
+fi
+
+mkdir -p "$RUN_DIR"
+sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
+  "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
+mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
+"$SYSTEMCTL" start warmstart-replica.service
+
+complete() {
+  [ -n "$state" ] || return 0
+  aws autoscaling complete-lifecycle-action --region "$REGION" \
+    --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$LAUNCH_HOOK_NAME" \
+    --instance-id "$instance_id" --lifecycle-action-result "$1" || true
+}
+for _ in $(seq 1 "$READY_WAIT_TRIES"); do
+  if curl -fsS -o /dev/null "http://$private_ip:$ENGINE_PORT/health"; then
+    complete CONTINUE
+    exit 0
+  fi
+  sleep 5
+done
+complete ABANDON
+exit 1

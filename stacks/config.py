@@ -1,0 +1,167 @@
+"""A stack's configuration, validated before any resource is declared.
+
+The same parser serves `pulumi up` (values from pulumi.Config) and the offline preview (values
+read from stacks/Pulumi.<env>.yaml), so what the preview checks is what a deploy checks.
+
+Keys (all in stacks/Pulumi.<env>.yaml under `config:`):
+
+    aws:region               region of every resource
+    warmstart:environment    dev | staging | prod (or any name); part of every physical name
+    warmstart:endpoints      list of endpoints; each entry's fields are exactly EndpointConfig's
+    warmstart:substrate      ec2 (default)
+    warmstart:imageUri       the runtime image replicas and gates run (build runtime/image, push to ECR)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warmstart.errors import ConfigError
+from warmstart.spec import EndpointConfig, Variant, _check_name, load_variant, parse_endpoint
+
+STACK_DIR = Path(__file__).resolve().parent
+SUBSTRATES = ("ec2",)
+
+# Stack-level keys, documented once: README's config reference is generated from this.
+STACK_KEYS: dict[str, str] = {
+    "aws:region": "AWS region of every resource (required)",
+    "warmstart:environment": "environment name (dev, staging, prod, ...); part of every physical resource name (required)",
+    "warmstart:endpoints": "list of endpoints; each entry takes the endpoint keys below (required, at least one)",
+    "warmstart:substrate": "where replicas run: `ec2` (default)",
+    "warmstart:imageUri": "runtime image (ECR URI) replicas and gates run; build it from runtime/image (required)",
+}
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    environment: str
+    region: str
+    substrate: str
+    image_uri: str
+    endpoints: tuple[EndpointConfig, ...]
+    variants: dict[str, Variant]
+
+    def variant_of(self, endpoint: EndpointConfig) -> Variant:
+        return self.variants[endpoint.variant]
+
+
+def _value(values: Mapping[str, Any], key: str) -> Any:
+    """Pulumi hands structured values over as JSON strings; the stack file gives them parsed."""
+    v = values.get(key)
+    if isinstance(v, str) and key == "warmstart:endpoints":
+        try:
+            return json.loads(v)
+        except ValueError:
+            raise ConfigError(f"{key} is not valid JSON; give a list of endpoint objects") from None
+    return v
+
+
+def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
+                       variants_root: Path | None = None) -> StackConfig:
+    env = values.get("warmstart:environment")
+    if not env:
+        raise ConfigError(f"{source}: warmstart:environment is not set; set it to dev, staging or prod")
+    try:
+        _check_name("warmstart:environment", str(env))
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    region = values.get("aws:region")
+    if not region:
+        raise ConfigError(f"{source}: aws:region is not set; set it, e.g. aws:region: us-east-1")
+    if not _REGION.match(str(region)):
+        raise ConfigError(f"{source}: aws:region={region!r} is not an AWS region; use e.g. us-east-1")
+    substrate = str(values.get("warmstart:substrate") or "ec2")
+    if substrate not in SUBSTRATES:
+        raise ConfigError(
+            f"{source}: warmstart:substrate={substrate!r} is not available; use one of {', '.join(SUBSTRATES)}"
+        )
+    image_uri = values.get("warmstart:imageUri")
+    if not image_uri:
+        raise ConfigError(
+            f"{source}: warmstart:imageUri is not set; build runtime/image, push it to ECR and set "
+            "warmstart:imageUri to its URI"
+        )
+    raw = _value(values, "warmstart:endpoints")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: warmstart:endpoints must be a non-empty list of endpoints; add one")
+    endpoints: list[EndpointConfig] = []
+    variants: dict[str, Variant] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: warmstart:endpoints[{i}] is not a mapping of endpoint settings")
+        data = dict(item)
+        if data.setdefault("environment", env) != env:
+            raise ConfigError(
+                f"{source}: endpoint {data.get('name', i)} has environment={data['environment']!r} in stack "
+                f"environment {env!r}; remove its environment key"
+            )
+        ep = parse_endpoint(data)
+        if ep.name in {e.name for e in endpoints}:
+            raise ConfigError(f"{source}: endpoint name {ep.name!r} appears twice; names must be unique")
+        variant = variants.get(ep.variant) or load_variant(ep.variant, variants_root)
+        if not variant.on_gpu:
+            raise ConfigError(
+                f"{source}: endpoint {ep.name} uses variant {variant.name!r} with gpu.instance_type='cpu' "
+                "(local only); pick a GPU variant for AWS"
+            )
+        if variant.weights_snapshot_id is None:
+            raise ConfigError(
+                f"{source}: variant {variant.name!r} has no weights_snapshot_id; run `warmstart weights "
+                f"build {variant.name}` and record the snapshot id in its YAML"
+            )
+        variants[variant.name] = variant
+        endpoints.append(ep)
+    return StackConfig(
+        environment=str(env), region=str(region), substrate=substrate, image_uri=str(image_uri),
+        endpoints=tuple(endpoints), variants=variants,
+    )
+
+
+def stack_file(stack: str, stack_dir: Path | None = None) -> Path:
+    root = stack_dir or STACK_DIR
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.name.split(".")[1] for p in root.glob("Pulumi.*.yaml"))) or "none"
+        raise ConfigError(f"stack={stack!r} has no file {path}; use one of: {known}")
+    return path
+
+
+def read_stack_file(stack: str, stack_dir: Path | None = None) -> dict[str, Any]:
+    """The `config:` mapping of stacks/Pulumi.<stack>.yaml, values as written."""
+    path = stack_file(stack, stack_dir)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
+    config = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a top-level `config:` mapping")
+    return config
+
+
+def load_stack(stack: str, stack_dir: Path | None = None, variants_root: Path | None = None) -> StackConfig:
+    path = stack_file(stack, stack_dir)
+    return parse_stack_config(read_stack_file(stack, stack_dir), source=str(path), variants_root=variants_root)
+
+
+def from_pulumi() -> StackConfig:
+    """The running stack's configuration (inside `pulumi up` or the mocked preview)."""
+    import pulumi
+
+    ws = pulumi.Config("warmstart")
+    values: dict[str, Any] = {
+        "aws:region": pulumi.Config("aws").get("region"),
+        "warmstart:environment": ws.get("environment"),
+        "warmstart:endpoints": ws.get("endpoints"),
+        "warmstart:substrate": ws.get("substrate"),
+        "warmstart:imageUri": ws.get("imageUri"),
+    }
+    return parse_stack_config(values, source=f"stack {pulumi.get_stack()}")

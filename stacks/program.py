@@ -1,0 +1,42 @@
+"""The stack program: stack config -> one Deployment per endpoint -> exports.
+
+Exports, per endpoint under `endpoints.<name>` and, when the stack has exactly one endpoint,
+also at the top level: endpoint_url, api_key (a Pulumi secret), dashboard_url, variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pulumi
+
+from components.deployment import Deployment, DeploymentArgs
+from stacks.config import StackConfig, from_pulumi
+from warmstart.spec import EndpointConfig
+
+
+def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
+    return Deployment(ep.name, DeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
+                                              image_uri=cfg.image_uri))
+
+
+# substrate -> builder; the EKS substrate registers itself here.
+SUBSTRATES: dict[str, Callable[[StackConfig, EndpointConfig], Deployment]] = {"ec2": _ec2}
+
+
+def deploy(cfg: StackConfig) -> dict[str, Deployment]:
+    built = {ep.name: SUBSTRATES[cfg.substrate](cfg, ep) for ep in cfg.endpoints}
+    per_endpoint = {
+        name: {"endpoint_url": d.endpoint_url, "api_key": d.api_key, "dashboard_url": d.dashboard_url,
+               "variant": d.variant}
+        for name, d in built.items()
+    }
+    pulumi.export("endpoints", per_endpoint)
+    if len(built) == 1:
+        for key, value in next(iter(per_endpoint.values())).items():
+            pulumi.export(key, value)
+    return built
+
+
+def main() -> None:
+    deploy(from_pulumi())

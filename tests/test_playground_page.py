@@ -111,3 +111,22 @@ def test_metrics_command_reads_the_real_gate(playground_gate: PlaygroundGate) ->
 
     text = CliRunner().invoke(metrics, ["--local", "--url", playground_gate.url])
     assert "first token  p50 " in text.output and "local (CPU): no cloud cost" in text.output
+
+
+def test_warmstart_endpoint_metrics_runs_from_the_command_line(playground_gate: PlaygroundGate) -> None:
+    """The fleet's `warmstart endpoint` group registers this command lazily; run it as a user would."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "warmstart", "endpoint", "metrics", "--local", "--url", playground_gate.url, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["replicas_ready"] == 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "warmstart", "endpoint", "metrics", "--local", "--stack", "dev"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: pass exactly one of --stack ENV or --local"

@@ -123,7 +123,7 @@ def test_warmstart_endpoint_metrics_runs_from_the_command_line(playground_gate: 
         capture_output=True, text=True, timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["replicas_ready"] == 1
+    assert json.loads(ok.stdout)["source"] == f"local:{playground_gate.url}"
     bad = subprocess.run(
         [sys.executable, "-m", "warmstart", "endpoint", "metrics", "--local", "--stack", "dev"],
         capture_output=True, text=True, timeout=60,

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 from pulumi_kubernetes.apps.v1 import DeploymentSpecArgs, DeploymentStrategyArgs, RollingUpdateDeploymentArgs
 from pulumi_kubernetes.core.v1 import (
     CapabilitiesArgs,
@@ -45,11 +47,13 @@ from pulumi_kubernetes.core.v1 import (
     ProbeArgs,
     ResourceRequirementsArgs,
     SeccompProfileArgs,
+    SecretKeySelectorArgs,
     SecretVolumeSourceArgs,
     SecurityContextArgs,
     ServicePortArgs,
     ServiceSpecArgs,
     SleepActionArgs,
+    TCPSocketActionArgs,
     TolerationArgs,
     TopologySpreadConstraintArgs,
     VolumeArgs,
@@ -88,7 +92,10 @@ RUN_AS_UID = 10001  # the runtime image's unprivileged user; the node boot scrip
 GPU_RESOURCE = "nvidia.com/gpu"
 POD_IP_REF = "$(POD_IP)"  # Kubernetes expands $(VAR) in command/args from the container's env
 
-VLLM, GATE = "vllm", "gate"
+VLLM, GATE, STORE = "vllm", "gate", "store"
+STORE_IMAGE = "valkey/valkey:8.1.1-alpine"
+STORE_UID = 999  # the valkey user of the official image
+STORE_PORT = 6379
 APP_LABEL = "app.kubernetes.io/name"
 PART_OF = {"app.kubernetes.io/part-of": "warmstart"}
 
@@ -108,7 +115,7 @@ class EksWorkloadsArgs:
     endpoint: EndpointConfig
     variant: Variant
     image_uri: pulumi.Input[str]
-    store_url: pulumi.Input[str]                 # the gate's admission store (redis://...)
+    store_url: pulumi.Input[str] | None          # the gate's admission store; None: an in-namespace Valkey
     keys_table: pulumi.Input[str]                # DynamoDB table of key hashes
     vpc_cidr: pulumi.Input[str]                  # the ALB's addresses (IP targets): the only way into the gate
     certificate_arn: pulumi.Input[str] | None = None
@@ -332,12 +339,19 @@ class EksWorkloads(pulumi.ComponentResource):
             opts=in_ns,
         )
 
+        # -- the admission store (leases, rate, caps) ---------------------------------------
+        store_url: pulumi.Input[str]
+        if args.store_url is not None:
+            store_url = args.store_url
+        else:
+            store_url = self._store(name, ns_name, meta, in_ns)
+
         # -- the gate ----------------------------------------------------------------------
         def render(values: list[str]) -> str:
             cfg = gate_config(args, ns_name, values[0], values[1])
             return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, indent=2)
 
-        config_json = pulumi.Output.all(args.store_url, args.keys_table).apply(render)
+        config_json = pulumi.Output.all(store_url, args.keys_table).apply(render)
         secret = k8s.core.v1.Secret(
             f"{name}-gate-config",
             metadata=meta("gate-config"),
@@ -522,6 +536,85 @@ class EksWorkloads(pulumi.ComponentResource):
             "gate_service": self.gate_service,
             "ingress_hostname": self.ingress_hostname,
         })
+
+
+    def _store(self, name: str, ns_name: str, meta: Any, in_ns: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """Valkey in the namespace: leases and counters are short-lived, a restart only resets them
+        (the gate's admission tolerates that); AUTH with a generated password, gate-only network."""
+        password = random.RandomPassword(f"{name}-store-password", length=40, special=False, opts=in_ns)
+        k8s.core.v1.Secret(
+            f"{name}-store-auth", metadata=meta("store-auth"), type="Opaque",
+            string_data={"password": password.result}, opts=in_ns,
+        )
+        labels = _labels(STORE)
+        k8s.apps.v1.Deployment(
+            f"{name}-store",
+            metadata=meta(STORE, labels),
+            spec=DeploymentSpecArgs(
+                replicas=1,
+                selector=LabelSelectorArgs(match_labels={APP_LABEL: STORE}),
+                strategy=DeploymentStrategyArgs(type="Recreate"),
+                revision_history_limit=3,
+                template=PodTemplateSpecArgs(
+                    metadata=ObjectMetaArgs(labels=labels),
+                    spec=PodSpecArgs(
+                        automount_service_account_token=False,
+                        security_context=_pod_security(STORE_UID),
+                        node_selector={"warmstart.dev/role": "system"},
+                        containers=[ContainerArgs(
+                            name=STORE,
+                            image=STORE_IMAGE,
+                            image_pull_policy="Always",
+                            command=["valkey-server", "--port", str(STORE_PORT), "--requirepass", "$(STORE_PASSWORD)",
+                                     "--save", "", "--appendonly", "no", "--maxmemory", "200mb",
+                                     "--maxmemory-policy", "noeviction"],
+                            env=[EnvVarArgs(name="STORE_PASSWORD", value_from=EnvVarSourceArgs(
+                                secret_key_ref=SecretKeySelectorArgs(name="store-auth", key="password")))],
+                            ports=[ContainerPortArgs(name="redis", container_port=STORE_PORT, protocol="TCP")],
+                            resources=ResourceRequirementsArgs(
+                                requests={"cpu": "250m", "memory": "256Mi"},
+                                limits={"cpu": "250m", "memory": "256Mi"},
+                            ),
+                            readiness_probe=ProbeArgs(
+                                tcp_socket=TCPSocketActionArgs(port="redis"), period_seconds=5),
+                            liveness_probe=ProbeArgs(
+                                tcp_socket=TCPSocketActionArgs(port="redis"), period_seconds=10,
+                                failure_threshold=6),
+                            security_context=_restricted(STORE_UID),
+                            volume_mounts=[VolumeMountArgs(name="data", mount_path="/data")],
+                        )],
+                        volumes=[VolumeArgs(name="data", empty_dir=EmptyDirVolumeSourceArgs(size_limit="256Mi"))],
+                    ),
+                ),
+            ),
+            opts=in_ns,
+        )
+        k8s.core.v1.Service(
+            f"{name}-store-svc",
+            metadata=meta(STORE, labels),
+            spec=ServiceSpecArgs(
+                type="ClusterIP", selector={APP_LABEL: STORE},
+                ports=[ServicePortArgs(name="redis", port=STORE_PORT, target_port="redis", protocol="TCP")],
+            ),
+            opts=in_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-store-from-gate",
+            metadata=meta("store-from-gate-only"),
+            spec=NetworkPolicySpecArgs(
+                pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: STORE}),
+                policy_types=["Ingress", "Egress"],
+                ingress=[NetworkPolicyIngressRuleArgs(
+                    from_=[NetworkPolicyPeerArgs(pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: GATE}))],
+                    ports=[NetworkPolicyPortArgs(port=STORE_PORT, protocol="TCP")],
+                )],
+                egress=[],
+            ),
+            opts=in_ns,
+        )
+        url: pulumi.Output[str] = pulumi.Output.concat(
+            "redis://:", password.result, f"@{STORE}.{ns_name}.svc.cluster.local:{STORE_PORT}/0")
+        return url
 
 
 def _secret(value: pulumi.Output[str]) -> pulumi.Output[str]:

@@ -556,3 +556,23 @@ def test_a_locked_sqlite_file_is_unavailable(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
     assert store.revoke(key).revoked_at is not None  # and it recovers
+
+
+def test_the_stacks_own_initial_item_is_readable(aws_env: str) -> None:
+    """components/keys.py builds the initial key's item itself; the store must read exactly that."""
+    import json
+
+    from components.keys import key_item
+
+    client = boto3.client("dynamodb")
+    create_keys_table(TABLE, client)
+    key = generate_key()
+    client.put_item(TableName=TABLE, Item=json.loads(key_item(key, "demo", "team", 1764000000)))
+    store = open_key_store(f"dynamodb:{TABLE}")
+    record = store.get(hash_key(key))
+    assert record is not None
+    assert (record.endpoint, record.plan, record.kind, record.display, record.created_at, record.name) == (
+        "demo", "team", "api", f"{key[:12]}\u2026{key[-4:]}", 1764000000.0, "initial",
+    )
+    assert record.state(1764000001) == "active"
+    assert store.list("demo") == [record]

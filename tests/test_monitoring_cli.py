@@ -137,17 +137,21 @@ def test_stack_reads_cloudwatch_and_prices_the_fleet(
         ts = now - timedelta(minutes=minutes_ago)
         data += [
             {"MetricName": "Requests", "Dimensions": dims, "Timestamp": ts, "Value": 100.0},
-            {"MetricName": "TokensOut", "Dimensions": dims, "Timestamp": ts, "Value": 30000.0},
+            {"MetricName": "OutputTokens", "Dimensions": dims, "Timestamp": ts, "Value": 30000.0},
             {"MetricName": "Rejected429", "Dimensions": dims, "Timestamp": ts, "Value": 2.0},
         ]
+    recent = now - timedelta(seconds=30)
     data += [
-        {"MetricName": "ReadyReplicas", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 2.0},
-        {"MetricName": "ReplicasStarting", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 1.0},
-        {"MetricName": "InFlight", "Dimensions": dims, "Timestamp": now - timedelta(seconds=30), "Value": 17.0},
+        {"MetricName": "ReadyReplicas", "Dimensions": dims, "Timestamp": recent, "Value": 2.0},
+        {"MetricName": "InFlight", "Dimensions": dims, "Timestamp": recent, "Value": 17.0},
         # another endpoint's figures must not leak into this one
         {"MetricName": "Requests", "Dimensions": [{"Name": "Endpoint", "Value": "other"}],
          "Timestamp": now - timedelta(minutes=1), "Value": 9999.0},
     ]
+    cw.put_metric_data(Namespace="AWS/AutoScaling", MetricData=[{
+        "MetricName": "GroupPendingInstances", "Timestamp": recent, "Value": 1.0,
+        "Dimensions": [{"Name": "AutoScalingGroupName", "Value": naming.replica_asg_name("dev", "chat")}],
+    }])
     cw.put_metric_data(Namespace=naming.METRIC_NAMESPACE, MetricData=data)
 
     res = CliRunner().invoke(metrics, ["--stack", "dev", "--json"])

@@ -1,12 +1,13 @@
 """The same summary as the local /metrics view, read from CloudWatch (GetMetricData) for a stack.
 
-On AWS the gates publish their figures to CloudWatch (namespace warmstart.naming.METRIC_NAMESPACE,
-dimension Endpoint=<endpoint name>), and the Monitoring component's dashboard charts the same
-metric names. They are listed once here, in METRICS, so the dashboard, the alarms and this reader
-agree on them.
+The metric names are warmstart/metrics.py's (the contract shared with the gate that publishes them
+and the Monitoring component's dashboard and alarms): namespace Warmstart, dimension
+Endpoint=<endpoint name>. Latency, time to first token and queue wait come from the gate's request
+log through metric filters, in milliseconds. Replicas starting are the replica ASG's
+GroupPendingInstances (the node group enables ASG group metrics).
 
-One GetMetricData call per sample: counters and percentiles over the whole window (one period the
-size of the window, so CloudWatch computes the percentile over every observation rather than us
+One GetMetricData call per reading: counters and percentiles over the whole window (one period the
+size of the window, so CloudWatch computes the percentile over every request rather than us
 averaging per-minute percentiles), gauges as their most recent minute.
 """
 
@@ -19,13 +20,11 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from warmstart import naming
+from warmstart import metrics, naming
 from warmstart.errors import OperationError
 from warmstart.monitoring.parse import Summary
 
-__all__ = ["DIMENSION", "METRICS", "CloudWatchMetric", "read_summary", "dimension_value"]
-
-DIMENSION = "Endpoint"
+__all__ = ["METRICS", "CloudWatchMetric", "read_summary"]
 
 
 @dataclass(frozen=True)
@@ -33,33 +32,28 @@ class CloudWatchMetric:
     name: str
     stat: str
     kind: Literal["window", "latest"]
+    scale: float = 1.0  # multiply into the summary's unit (ms -> s)
+    asg: bool = False  # AWS/AutoScaling, dimension AutoScalingGroupName=<replica ASG>
 
 
-# summary field -> what CloudWatch holds for it
+_MS = 0.001
+
+# summary field -> where CloudWatch holds it
 METRICS: dict[str, CloudWatchMetric] = {
-    "requests": CloudWatchMetric("Requests", "Sum", "window"),
-    "latency_p50_s": CloudWatchMetric("RequestLatency", "p50", "window"),
-    "latency_p99_s": CloudWatchMetric("RequestLatency", "p99", "window"),
-    "ttft_p50_s": CloudWatchMetric("TimeToFirstToken", "p50", "window"),
-    "ttft_p99_s": CloudWatchMetric("TimeToFirstToken", "p99", "window"),
-    "queue_wait_p50_s": CloudWatchMetric("QueueWait", "p50", "window"),
-    "queue_wait_p99_s": CloudWatchMetric("QueueWait", "p99", "window"),
-    "tokens_in": CloudWatchMetric("TokensIn", "Sum", "window"),
-    "tokens_out": CloudWatchMetric("TokensOut", "Sum", "window"),
+    "requests": CloudWatchMetric(metrics.REQUESTS, "Sum", "window"),
+    "latency_p50_s": CloudWatchMetric("Latency", "p50", "window", _MS),
+    "latency_p99_s": CloudWatchMetric("Latency", "p99", "window", _MS),
+    "ttft_p50_s": CloudWatchMetric("TimeToFirstToken", "p50", "window", _MS),
+    "ttft_p99_s": CloudWatchMetric("TimeToFirstToken", "p99", "window", _MS),
+    "queue_wait_p50_s": CloudWatchMetric("QueueWait", "p50", "window", _MS),
+    "queue_wait_p99_s": CloudWatchMetric("QueueWait", "p99", "window", _MS),
+    "tokens_out": CloudWatchMetric("OutputTokens", "Sum", "window"),
     "status_429": CloudWatchMetric("Rejected429", "Sum", "window"),
     "status_503": CloudWatchMetric("Rejected503", "Sum", "window"),
-    "status_5xx": CloudWatchMetric("Errors5xx", "Sum", "window"),
-    "lease_leaks": CloudWatchMetric("LeaseLeaks", "Sum", "window"),
-    "in_flight": CloudWatchMetric("InFlight", "Average", "latest"),
-    "replicas_ready": CloudWatchMetric("ReadyReplicas", "Average", "latest"),
-    "replicas_starting": CloudWatchMetric("ReplicasStarting", "Average", "latest"),
+    "in_flight": CloudWatchMetric("InFlight", "Maximum", "latest"),
+    "replicas_ready": CloudWatchMetric("ReadyReplicas", "Maximum", "latest"),
+    "replicas_starting": CloudWatchMetric("GroupPendingInstances", "Maximum", "latest", asg=True),
 }
-
-
-def dimension_value(environment: str, endpoint: str) -> str:
-    # The AWS replica pool (runtime/pool/aws.py) publishes InFlight/ReadyReplicas with
-    # Endpoint=<the gate config's endpoint id>, which is the endpoint's name.
-    return endpoint
 
 
 def _window_period(window_s: float) -> int:
@@ -81,14 +75,16 @@ def read_summary(
     end = (now or datetime.now(UTC)).replace(microsecond=0)
     period = _window_period(window_s)
     start = end - timedelta(seconds=period)
-    dims = [{"Name": DIMENSION, "Value": dimension_value(environment, endpoint)}]
+    dims = [{"Name": metrics.DIMENSION, "Value": endpoint}]
+    asg_dims = [{"Name": "AutoScalingGroupName", "Value": naming.replica_asg_name(environment, endpoint)}]
     queries = []
     for i, (field, m) in enumerate(METRICS.items()):
+        namespace = "AWS/AutoScaling" if m.asg else metrics.NAMESPACE
         queries.append({
             "Id": f"m{i}",
             "Label": field,
             "MetricStat": {
-                "Metric": {"Namespace": naming.METRIC_NAMESPACE, "MetricName": m.name, "Dimensions": dims},
+                "Metric": {"Namespace": namespace, "MetricName": m.name, "Dimensions": asg_dims if m.asg else dims},
                 "Period": period if m.kind == "window" else 60,
                 "Stat": m.stat,
             },
@@ -104,19 +100,20 @@ def read_summary(
                 pts = results.setdefault(r["Label"], [])
                 pts.extend(zip(r.get("Timestamps", []), r.get("Values", []), strict=False))
     except (BotoCoreError, ClientError) as e:
-        raise OperationError(f"CloudWatch GetMetricData failed for {dims[0]['Value']}: {e}") from None
+        raise OperationError(f"CloudWatch GetMetricData failed for endpoint {endpoint}: {e}") from None
 
     def window(field: str) -> float | None:
         pts = results.get(field) or []
         if not pts:
             return None
-        if METRICS[field].stat == "Sum":
-            return float(sum(v for _, v in pts))
-        return float(max(pts)[1])  # one period spans the window; take the newest if there are two
+        m = METRICS[field]
+        if m.stat == "Sum":
+            return float(sum(v for _, v in pts)) * m.scale
+        return float(max(pts)[1]) * m.scale  # one period spans the window; the newest if two
 
     def latest(field: str) -> float | None:
         pts = results.get(field) or []
-        return float(max(pts)[1]) if pts else None
+        return float(max(pts)[1]) * METRICS[field].scale if pts else None
 
     def count(field: str) -> float:
         return window(field) or 0.0
@@ -124,7 +121,7 @@ def read_summary(
     requests = count("requests")
     tokens_out = count("tokens_out")
     return Summary(
-        source=f"cloudwatch:{dims[0]['Value']}",
+        source=f"cloudwatch:{endpoint}",
         at=end.timestamp(),
         window_s=float(period),
         requests=requests,
@@ -135,7 +132,7 @@ def read_summary(
         ttft_p99_s=window("ttft_p99_s"),
         queue_wait_p50_s=window("queue_wait_p50_s"),
         queue_wait_p99_s=window("queue_wait_p99_s"),
-        tokens_in=count("tokens_in"),
+        tokens_in=None,  # not published to CloudWatch
         tokens_out=tokens_out,
         tokens_per_s=tokens_out / period,
         in_flight=latest("in_flight") or 0.0,
@@ -143,6 +140,6 @@ def read_summary(
         replicas_starting=latest("replicas_starting") or 0.0,
         status_429=count("status_429"),
         status_503=count("status_503"),
-        status_5xx=count("status_5xx"),
-        lease_leaks=count("lease_leaks"),
+        status_5xx=None,  # the ALB's HTTPCode_Target_5XX_Count holds these
+        lease_leaks=None,  # a per-gate Prometheus figure; not published
     )

@@ -233,7 +233,7 @@ class Summary:
     ttft_p99_s: float | None
     queue_wait_p50_s: float | None
     queue_wait_p99_s: float | None
-    tokens_in: float
+    tokens_in: float | None  # None: the source does not record it
     tokens_out: float
     tokens_per_s: float | None
     in_flight: float
@@ -241,8 +241,8 @@ class Summary:
     replicas_starting: float
     status_429: float
     status_503: float
-    status_5xx: float
-    lease_leaks: float
+    status_5xx: float | None
+    lease_leaks: float | None
     stream_tokens_per_s: float | None = None  # output tokens per second of request time (per stream)
     extra: dict[str, Any] = field(default_factory=dict)
 

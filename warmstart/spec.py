@@ -550,7 +550,7 @@ def load_variant(name: str, root: Path | None = None) -> Variant:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())}); fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of variant settings, got {type(data).__name__}")
     data.setdefault("name", name)

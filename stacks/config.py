@@ -140,7 +140,7 @@ def read_stack_file(stack: str, stack_dir: Path | None = None) -> dict[str, Any]
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); fix the file") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())}); fix the file") from None
     config = doc.get("config") if isinstance(doc, dict) else None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a top-level `config:` mapping")

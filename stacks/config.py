@@ -8,7 +8,7 @@ Keys (all in stacks/Pulumi.<env>.yaml under `config:`):
     aws:region               region of every resource
     warmstart:environment    dev | staging | prod (or any name); part of every physical name
     warmstart:endpoints      list of endpoints; each entry's fields are exactly EndpointConfig's
-    warmstart:substrate      ec2 (default)
+    warmstart:substrate      ec2 (default) | eks (components/eks_deployment.py; settings under warmstart:eks)
     warmstart:imageUri       the runtime image replicas and gates run (build runtime/image, push to ECR)
 """
 
@@ -27,14 +27,14 @@ from warmstart.errors import ConfigError
 from warmstart.spec import EndpointConfig, Variant, _check_name, load_variant, parse_endpoint
 
 STACK_DIR = Path(__file__).resolve().parent
-SUBSTRATES = ("ec2",)
+SUBSTRATES = ("ec2", "eks")
 
 # Stack-level keys, documented once: README's config reference is generated from this.
 STACK_KEYS: dict[str, str] = {
     "aws:region": "AWS region of every resource (required)",
     "warmstart:environment": "environment name (dev, staging, prod, ...); part of every physical resource name (required)",
     "warmstart:endpoints": "list of endpoints; each entry takes the endpoint keys below (required, at least one)",
-    "warmstart:substrate": "where replicas run: `ec2` (default)",
+    "warmstart:substrate": "where replicas run: `ec2` (default) or `eks` (settings under `warmstart:eks`)",
     "warmstart:imageUri": "runtime image (ECR URI) replicas and gates run; build it from runtime/image (required)",
 }
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pulumi
 
 from components.deployment import Deployment, DeploymentArgs
+from components.eks_deployment import EksDeployment, EksDeploymentArgs, eks_settings_from_pulumi
 from stacks.config import StackConfig, from_pulumi
 from warmstart.spec import EndpointConfig
 
@@ -20,11 +21,18 @@ def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
                                               image_uri=cfg.image_uri))
 
 
-# substrate -> builder; the EKS substrate registers itself here.
-SUBSTRATES: dict[str, Callable[[StackConfig, EndpointConfig], Deployment]] = {"ec2": _ec2}
+def _eks(cfg: StackConfig, ep: EndpointConfig) -> EksDeployment:
+    return EksDeployment(ep.name, EksDeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
+                                                    image_uri=cfg.image_uri, eks=eks_settings_from_pulumi()))
 
 
-def deploy(cfg: StackConfig) -> dict[str, Deployment]:
+# substrate -> builder; both return components with the same outputs.
+SUBSTRATES: dict[str, Callable[[StackConfig, EndpointConfig], Deployment | EksDeployment]] = {
+    "ec2": _ec2, "eks": _eks,
+}
+
+
+def deploy(cfg: StackConfig) -> dict[str, Deployment | EksDeployment]:
     built = {ep.name: SUBSTRATES[cfg.substrate](cfg, ep) for ep in cfg.endpoints}
     per_endpoint = {
         name: {"endpoint_url": d.endpoint_url, "api_key": d.api_key, "dashboard_url": d.dashboard_url,

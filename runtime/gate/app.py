@@ -25,7 +25,7 @@ from runtime.gate.admission import Admitted, KeyLimits, RateHeaders, busy_retry_
 from runtime.gate.config import GateConfig
 from runtime.gate.errors import GateError
 from runtime.gate.leases import Lease, LeaseKeeper
-from runtime.gate.proxy import DisconnectWatch, Upstreams, abort, chunks
+from runtime.gate.proxy import ClientGone, DisconnectWatch, Upstreams, abort, chunks
 from runtime.gate.store import AdmissionStore, SlotSpec, open_store
 from runtime.gate.validation import ROUTES, Parsed, parse
 from runtime.pool.base import PoolSnapshot, ReplicaPool
@@ -270,7 +270,10 @@ class Gate:
 
     # -- relay ------------------------------------------------------------------------------------
     def open_upstream(self, url: str, parsed: Parsed, ctx: Ctx, watch: DisconnectWatch) -> urllib3.BaseHTTPResponse:
-        resp = self.upstreams.open(url, parsed.path, parsed.body, ctx.request_id)
+        """Send the request; raises ClientGone if the caller leaves before the response headers
+        (urllib3 then closes that connection, which is how vLLM learns to abort)."""
+        with watch.interruptible():
+            resp = self.upstreams.open(url, parsed.path, parsed.body, ctx.request_id)
         watch.on_close(lambda: abort(resp))
         return resp
 
@@ -485,6 +488,11 @@ def create_app(
         started = time.monotonic()
         try:
             resp = gate.open_upstream(url, parsed, ctx, watch)
+        except ClientGone:
+            watch.stop()
+            lease.release()
+            ctx.status, ctx.disconnected = 499, True
+            return Response(b"", status=499)
         except BaseException:
             watch.stop()
             lease.release()
@@ -535,7 +543,14 @@ def create_app(
             metrics.QUEUE_WAIT.observe(ctx.queue_wait)
             started = time.monotonic()
             got = None  # the relay owns the lease from here
-            resp = gate.open_upstream(url, parsed, ctx, watch)
+            try:
+                resp = gate.open_upstream(url, parsed, ctx, watch)
+            except BaseException as e:
+                lease.release()
+                if isinstance(e, ClientGone):
+                    ctx.status, ctx.disconnected = 499, True
+                    return
+                raise
             if resp.status != 200:
                 body = resp.read()
                 abort(resp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import urllib3
@@ -89,6 +90,10 @@ def abort(resp: urllib3.BaseHTTPResponse) -> None:
         pass
 
 
+class ClientGone(Exception):
+    """The caller closed its connection while the gate was waiting for the upstream's answer."""
+
+
 class DisconnectWatch:
     """Notices a client that closes its connection while the gate waits on the upstream.
 
@@ -102,6 +107,7 @@ class DisconnectWatch:
         self.closed = False
         self._callbacks: list[Callable[[], None]] = []
         self._greenlet: Any = None
+        self._target: Any = None  # the request's greenlet while it waits in `interruptible()`
         sock = environ.get("gunicorn.socket")
         if sock is None:
             return
@@ -121,6 +127,24 @@ class DisconnectWatch:
     def clear(self) -> None:
         self._callbacks.clear()
 
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A blocking section (waiting for the upstream's response headers) that a disconnect
+        interrupts with ClientGone. Outside it a disconnect only sets `closed` and runs the
+        callbacks, so no exception can land inside a Redis call or a lease release."""
+        if self.closed:
+            raise ClientGone()
+        if self._greenlet is None:
+            yield
+            return
+        from gevent import getcurrent
+
+        self._target = getcurrent()
+        try:
+            yield
+        finally:
+            self._target = None
+
     def _watch(self, sock: socket.socket) -> None:
         try:
             data = sock.recv(1, socket.MSG_PEEK)
@@ -129,6 +153,16 @@ class DisconnectWatch:
         if data:
             return  # the client sent more (pipelining): not a disconnect; stop watching
         self.closed = True
+        target = self._target
+        if target is not None:
+            from gevent import get_hub
+
+            def interrupt() -> None:
+                # Delivered from the hub: the target is parked; check it is still in the section.
+                if self._target is target:
+                    target.throw(ClientGone())
+
+            get_hub().loop.run_callback(interrupt)
         for cb in list(self._callbacks):
             try:
                 cb()

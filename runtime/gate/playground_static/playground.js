@@ -158,6 +158,7 @@
   async function run(pane, request, controller) {
     const key = currentKey();
     resetPane(pane);
+    pane.dataset.keepalives = "0";
     setState(pane, "sending", "sending…");
     const out = $(".output", pane);
     const t0 = performance.now();
@@ -182,8 +183,8 @@
         signal: controller.signal,
         cache: "no-store",
       });
-      updateQuota(resp.headers);
       if (!resp.ok) {
+        updateQuota(resp.headers);
         if (resp.status === 429 && (resp.headers.get("x-should-retry") || "").toLowerCase() === "false") {
           const reset = parseResetSeconds(resp.headers.get("x-ratelimit-reset-requests"))
             ?? parseResetSeconds(resp.headers.get("retry-after"));
@@ -199,6 +200,10 @@
         return;
       }
 
+      // A held stream (the gate waiting for a replica) commits its headers before admission, so
+      // its rate headers describe the capacity it lacked, not this key's daily count: use them
+      // only when the answer starts without a hold.
+      let quotaPending = true;
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "", done = false;
       while (!done) {
@@ -210,7 +215,13 @@
         buf = parts.pop();
         for (const part of parts) {
           const ev = parseEvent(part);
-          if (ev.comment && ev.data === null) { wake(); continue; }
+          if (ev.comment && ev.data === null) {
+            // `: keep-alive` while the gate holds the request for a replica that is starting.
+            pane.dataset.keepalives = String(+(pane.dataset.keepalives || 0) + 1);
+            quotaPending = false;
+            wake();
+            continue;
+          }
           if (ev.data === null) continue;
           if (ev.data === "[DONE]") { done = true; break; }
           let obj;
@@ -227,6 +238,7 @@
             const now = performance.now();
             if (tFirst === null) {
               tFirst = now;
+              if (quotaPending) updateQuota(resp.headers);
               setState(pane, "streaming",
                 waking ? "streaming (woke in " + fmtSeconds(now - t0) + ")" : "streaming…");
               $(".ttft", pane).textContent = fmtSeconds(now - t0);

@@ -6,6 +6,7 @@ during one); every answer still comes from the real store.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -182,21 +183,29 @@ def test_errors_are_not_cached_and_no_stale_entry_is_served(
 
 
 def test_concurrent_misses_share_one_read(parts: tuple[KeyStore, CountingStore, Clock]) -> None:
-    store, counting, clock = parts
-    cache = CachedKeyStore(counting, ttl_s=5, clock=clock)  # type: ignore[arg-type]
+    store, counting, _ = parts
+    calls = []
+    clock_lock = threading.Lock()
+
+    def counting_clock() -> float:
+        with clock_lock:
+            calls.append(1)
+        return 1000.0
+
+    cache = CachedKeyStore(counting, ttl_s=5, clock=counting_clock)  # type: ignore[arg-type]
     _, record = store.create(endpoint="demo")
     counting.gate = threading.Event()
     results: list[KeyRecord | None] = []
-    started = threading.Barrier(17)
-
-    def worker() -> None:
-        started.wait(30)
-        results.append(cache.get(record.key_hash))
-
-    threads = [threading.Thread(target=worker) for _ in range(16)]
+    threads = [threading.Thread(target=lambda: results.append(cache.get(record.key_hash))) for _ in range(16)]
     for t in threads:
         t.start()
-    started.wait(30)
+    # Every thread has missed once (16 clock reads) and the first read has begun (one more): all
+    # sixteen are now past the cache check and inside the miss path while the read is held open.
+    pause = threading.Event()
+    for _ in range(3000):  # up to ~30 s on a loaded box; the assertion below does not depend on it
+        if len(calls) >= 17:
+            break
+        pause.wait(0.01)
     counting.gate.set()
     for t in threads:
         t.join(30)
@@ -209,3 +218,58 @@ def test_concurrent_misses_share_one_read(parts: tuple[KeyStore, CountingStore, 
 def test_bad_cache_settings(parts: tuple[KeyStore, CountingStore, Clock], kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         CachedKeyStore(parts[0], **kwargs)  # type: ignore[arg-type]
+
+
+GEVENT_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import sys
+
+import gevent
+
+from runtime.gate.keys import CachedKeyStore, generate_key, hash_key, open_key_store
+
+store = open_key_store(sys.argv[1])
+reads = []
+
+
+class Counting:
+    def get(self, key_hash):
+        reads.append(key_hash)
+        return store.get(key_hash)  # real DynamoDB I/O: the greenlet yields while it waits
+
+
+cache = CachedKeyStore(Counting(), ttl_s=30)
+_, record = store.create(endpoint="demo")
+unknown = [hash_key(generate_key()) for _ in range(20)]
+jobs = [gevent.spawn(cache.get, record.key_hash) for _ in range(200)]
+jobs += [gevent.spawn(cache.get, h) for h in unknown for _ in range(5)]
+gevent.joinall(jobs, timeout=60, raise_error=True)
+assert all(j.ready() for j in jobs), "greenlets stuck"
+assert [j.value for j in jobs[:200]] == [record] * 200
+assert all(j.value is None for j in jobs[200:])
+print(reads.count(record.key_hash), len(reads))
+"""
+
+
+def test_greenlets_share_reads_without_deadlock(aws_env: str, tmp_path: Path) -> None:
+    """Under gevent's monkey-patching (as in the gate's workers) many greenlets miss at once
+    while the store read yields on a real socket: one read per hash, nobody stuck."""
+    import subprocess
+    import sys
+
+    from warmstart.testing.keys import create_keys_table
+
+    create_keys_table("ws-test-gevent-keys")
+    script = tmp_path / "greenlets.py"
+    script.write_text(GEVENT_SCRIPT)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script), "dynamodb:ws-test-gevent-keys"],
+        capture_output=True, text=True, timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shared, total = map(int, done.stdout.split())
+    assert (shared, total) == (1, 21)

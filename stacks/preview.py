@@ -44,10 +44,13 @@ class Resource:
     outputs: dict[str, Any] = field(default_factory=dict)
     custom: bool = True
     read: bool = False
+    secret_inputs: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        # Secrets print as Pulumi prints them; the mocked values are fake, but the habit matters.
+        inputs = {k: "[secret]" if k in self.secret_inputs else v for k, v in self.inputs.items()}
         return {"type": self.type, "name": self.name, "parent": self.parent,
-                "inputs": self.inputs, "options": self.options}
+                "inputs": inputs, "options": self.options}
 
 
 @dataclass
@@ -196,6 +199,7 @@ class RecordingMonitor(pmocks.MockMonitor):
             type=request.type, name=request.name, urn=resp.urn, parent=self._name_of(request.parent),
             inputs=_plain(inputs), options=options, id=reg.id if reg else "",
             outputs=_plain(reg.state) if reg else {}, custom=bool(request.custom),
+            secret_inputs=_secret_keys(inputs),
         )
         self.recorded.append(res)
         self._by_urn[resp.urn] = res
@@ -214,8 +218,17 @@ class RecordingMonitor(pmocks.MockMonitor):
         return resp
 
 
+_SECRET_SIG = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc's wire marker of a secret
+
+
+def _secret_keys(props: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in props.items() if isinstance(v, dict) and _SECRET_SIG in v)
+
+
 def _plain(value: Any) -> Any:
-    """JSON-safe copy of deserialized properties (unknowns become None)."""
+    """JSON-safe copy of deserialized properties: secrets unwrapped, unknowns become None."""
+    if isinstance(value, dict) and _SECRET_SIG in value:
+        return _plain(value.get("value"))
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -230,6 +243,11 @@ def _config_strings(config: Mapping[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
+def _quiet_unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if "never retrieved" not in str(context.get("message", "")):
+        loop.default_exception_handler(context)
+
+
 def record(
     program: Callable[[], None],
     *,
@@ -241,6 +259,9 @@ def record(
 
     def run() -> Graph:
         loop = asyncio.new_event_loop()
+        # A failed program leaves sibling futures holding the same error; it is raised once below,
+        # so their "exception was never retrieved" reports are noise.
+        loop.set_exception_handler(_quiet_unretrieved)
         asyncio.set_event_loop(loop)
         try:
             region = str((config or {}).get("aws:region", "us-east-1"))

@@ -14,6 +14,8 @@ from typing import Any
 import pulumi
 import pytest
 
+from stacks import config as stack_config
+from stacks import program
 from stacks.preview import AwsMocks, Graph, record, render_stack
 
 Recorder = Callable[..., Graph]
@@ -44,3 +46,28 @@ def stack_graph(stack: str) -> Graph:
 def env_graph(request: pytest.FixtureRequest) -> Graph:
     """Each environment's rendered graph, one test per environment."""
     return stack_graph(str(request.param))
+
+
+def stack_values(stack: str) -> dict[str, Any]:
+    """A copy of stacks/Pulumi.<stack>.yaml's config, to vary in a test."""
+    values = stack_config.read_stack_file(stack)
+    values["warmstart:endpoints"] = [dict(e) for e in values["warmstart:endpoints"]]
+    return values
+
+
+def with_endpoint(stack: str, **changes: Any) -> dict[str, Any]:
+    """The stack's config with its (first) endpoint changed; a None value removes the key."""
+    values = stack_values(stack)
+    ep = values["warmstart:endpoints"][0]
+    for k, v in changes.items():
+        if v is None:
+            ep.pop(k, None)
+        else:
+            ep[k] = v
+    return values
+
+
+def render_values(values: dict[str, Any], mocks: AwsMocks | None = None) -> Graph:
+    """The real program (pulumi.Config path) with these config values."""
+    return record(program.main, config=values, stack=str(values.get("warmstart:environment", "test")),
+                  mocks=mocks or AwsMocks(str(values.get("aws:region", "us-east-1"))))

@@ -1,0 +1,192 @@
+"""Replica and gate user data: what the machine runs is exactly the launcher's argv.
+
+The boot script is executed for real (bash) against an IMDSv2 server on a real socket that
+rejects token-less reads; `docker`, `aws` and `systemctl` (absent here) are PATH shims that log
+their argv, and a tiny HTTP server answers /health in vLLM's place.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtime.image import cloudinit
+from runtime.replica.launcher import build_command
+from warmstart.spec import load_variant
+from warmstart.testing.net import free_port
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-runtime:0.1.0"
+IP = "127.0.0.1"
+INSTANCE = "i-0123456789abcdef0"
+TOKEN = "imds-token-abc"
+
+
+class _Imds(http.server.BaseHTTPRequestHandler):
+    state = "InService"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self._send(200, TOKEN)
+        else:
+            self._send(400, "")
+
+    def do_GET(self) -> None:
+        if self.path == "/health":  # vLLM's readiness, on the engine port
+            self._send(200, "")
+            return
+        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+            self._send(401, "")  # IMDSv2 only
+            return
+        values = {"instance-id": INSTANCE, "local-ipv4": IP, "autoscaling/target-lifecycle-state": self.state}
+        key = self.path.removeprefix("/latest/meta-data/")
+        self._send(200, values[key]) if key in values else self._send(404, "")
+
+
+@dataclass
+class Machine:
+    root: Path
+    port: int
+    log: Path
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [shlex.split(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def imds() -> Iterator[int]:
+    port = free_port()
+    server = http.server.ThreadingHTTPServer((IP, port), _Imds)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def _boot(tmp_path: Path, imds_port: int, state: str, scripts: dict[str, str]) -> tuple[Machine, str]:
+    """Lay the rendered cloud-config's files out under tmp_path and run the boot script."""
+    _Imds.state = state
+    variant = load_variant("llama31-8b-eagle3-l40s")
+    ud = cloudinit.ReplicaUserData(variant=variant, image_uri=IMAGE, region="us-east-1", log_group="/w/r",
+                                   asg_name="ws-prod-chat-replicas", launch_hook_name="warmstart-launch",
+                                   port=imds_port, ready_wait_s=10, scripts=scripts)
+    user_data = cloudinit.render_replica(ud)
+    root = tmp_path / "machine"
+    for f in cloudinit.parse(user_data)["write_files"]:
+        p = root / f["path"].lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f["content"])
+        p.chmod(int(f["permissions"], 8))
+    # The boot env as written, with its absolute paths moved under the test's root.
+    env_file = root / cloudinit.BOOT_ENV.lstrip("/")
+    text = env_file.read_text()
+    for d in (cloudinit.ETC_DIR, cloudinit.RUN_DIR, cloudinit.BIN_DIR):
+        text = text.replace(f"={d}", f"={root}{d}")
+    env_file.write_text(text)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    log = tmp_path / "calls.log"
+    for cmd in ("docker", "aws", "systemctl"):
+        shim = shims / cmd
+        shim.write_text(f'#!/bin/bash\nprintf "%q " {cmd} "$@" >> {log}\necho >> {log}\n'
+                        + ("echo ecr-password\n" if cmd == "aws" else ""))
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "WARMSTART_BOOT_ENV": str(env_file),
+           "WARMSTART_IMDS": f"http://{IP}:{imds_port}", "WARMSTART_SYSTEMCTL": str(shims / "systemctl"),
+           "STATE_WAIT_TRIES": "3"}
+    boot = root / cloudinit.BIN_DIR.lstrip("/") / "replica-boot.sh"
+    proc = subprocess.run([str(boot)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return Machine(root=root, port=imds_port, log=log), user_data
+
+
+def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) -> None:
+    machine, _ = _boot(tmp_path, imds, "InService", scripts={})
+    engine = (machine.root / cloudinit.RUN_DIR.lstrip("/") / "engine.sh").read_text()
+    assert "@PRIVATE_IPV4@" not in engine and "@INSTANCE_ID@" not in engine
+    (line,) = [ln for ln in engine.splitlines() if ln.startswith("exec ")]
+    argv = shlex.split(line)[1:]
+    image_at = argv.index(IMAGE)
+    docker, container_cmd = argv[:image_at], argv[image_at + 1:]
+    expected = build_command(load_variant("llama31-8b-eagle3-l40s"), model_dir=cloudinit.MODEL_DIR, host=IP,
+                             port=machine.port, cache_dir=cloudinit.CACHE_DIR, python="python3")
+    assert tuple(container_cmd) == expected.argv
+    env_flags = {docker[i + 1] for i, a in enumerate(docker) if a == "-e"}
+    assert env_flags == {f"{k}={v}" for k, v in expected.env.items()}
+    assert docker[:2] == ["docker", "run"]
+    for flag in (["--gpus", "all"], ["--network", "host"], ["--entrypoint", ""],
+                 ["-v", f"{cloudinit.WEIGHTS_MOUNT}:{cloudinit.WEIGHTS_MOUNT}"],
+                 ["--log-opt", f"awslogs-stream=replica-{INSTANCE}"]):
+        assert any(docker[i:i + 2] == flag for i in range(len(docker))), flag
+    calls = machine.calls()
+    assert ["docker", "pull", "--quiet", IMAGE] in calls
+    assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
+    assert ["systemctl", "start", "warmstart-replica.service"] in calls
+    complete = [c for c in calls if c[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]]
+    assert len(complete) == 1
+    assert complete[0][complete[0].index("--lifecycle-action-result") + 1] == "CONTINUE"
+    assert complete[0][complete[0].index("--instance-id") + 1] == INSTANCE
+
+
+def test_warm_pool_boot_runs_the_hook_instead_of_serving(tmp_path: Path, imds: int) -> None:
+    hook = f'#!/bin/bash\necho hook "$@" >> {tmp_path}/hook.log\n'
+    machine, user_data = _boot(tmp_path, imds, "Warmed:Stopped", scripts={"warm-pool-hook.sh": hook})
+    assert (tmp_path / "hook.log").read_text() == "hook\n"
+    assert not (machine.root / cloudinit.RUN_DIR.lstrip("/") / "engine.sh").exists()
+    calls = machine.calls()
+    assert ["docker", "pull", "--quiet", IMAGE] in calls  # the image is cached before the stop
+    assert not any(c[1:2] == ["start"] for c in calls)
+    assert not any(c[:2] == ["aws", "autoscaling"] for c in calls)
+
+
+def test_shipped_scripts_are_embedded_under_bin_with_dashes(tmp_path: Path) -> None:
+    (tmp_path / "warm_pool_hook.sh").write_text("#!/bin/bash\ntrue\n")
+    (tmp_path / "pre_read_volume.sh").write_text("#!/bin/bash\ntrue\n")
+    (tmp_path / "notes.txt").write_text("not a script")
+    assert set(cloudinit.shipped_scripts(tmp_path)) == {"warm-pool-hook.sh", "pre-read-volume.sh"}
+    ud = cloudinit.render_replica(cloudinit.ReplicaUserData(
+        variant=load_variant("llama31-8b-fp8-l4"), image_uri=IMAGE, region="us-east-1", log_group="/g",
+        asg_name="a", launch_hook_name="h", scripts=cloudinit.shipped_scripts(tmp_path)))
+    files = {f["path"]: f for f in cloudinit.parse(ud)["write_files"]}
+    for name in ("warm-pool-hook.sh", "pre-read-volume.sh"):
+        assert files[f"/opt/warmstart/bin/{name}"]["permissions"] == "0755"
+    # by default every script in runtime/image/scripts ships
+    default = cloudinit.render_replica(cloudinit.ReplicaUserData(
+        variant=load_variant("llama31-8b-fp8-l4"), image_uri=IMAGE, region="us-east-1", log_group="/g",
+        asg_name="a", launch_hook_name="h"))
+    for p in cloudinit.SCRIPTS.glob("*.sh"):
+        assert cloudinit.written_file(default, f"/opt/warmstart/bin/{cloudinit.script_name(p)}") == p.read_text()
+
+
+def test_gate_user_data() -> None:
+    ud = cloudinit.render_gate(cloudinit.GateUserData(image_uri=IMAGE, region="us-east-1", log_group="/w/g",
+                                                      config_parameter="/warmstart/prod/chat/gate-config"))
+    doc = cloudinit.parse(ud)
+    assert doc["packages"] == ["docker"]
+    env = cloudinit.written_file(ud, cloudinit.BOOT_ENV)
+    assert "GATE_CONFIG_PARAMETER=/warmstart/prod/chat/gate-config" in env.splitlines()
+    unit = cloudinit.written_file(ud, "/etc/systemd/system/warmstart-gate.service")
+    exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[argv.index(IMAGE) + 1:] == list(cloudinit.GATE_COMMAND)
+    assert [f"{cloudinit.BIN_DIR}/gate-boot.sh"] in doc["runcmd"]

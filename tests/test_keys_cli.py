@@ -187,3 +187,16 @@ def test_real_subprocess(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: --expires='whenever'") and bad.stdout == ""
+
+
+def test_list_never_prints_control_characters(aws_env: str) -> None:
+    create_keys_table("ws-dev-demo-keys")
+    key = "ws_live_" + "ab" * 32
+    boto3.client("dynamodb").put_item(TableName="ws-dev-demo-keys", Item={
+        "key_hash": {"S": hash_key(key)}, "endpoint": {"S": "demo"}, "kind": {"S": "api"},
+        "plan": {"S": "pro"}, "prefix": {"S": key[:12]}, "last4": {"S": key[-4:]},
+        "created_at": {"N": "1764000000"}, "name": {"S": "evil\x1b[2J\nname"},
+    })
+    result = run("list", "--keys", "dynamodb:ws-dev-demo-keys")
+    assert result.exit_code == 0 and "\x1b" not in result.stdout and len(result.stdout.splitlines()) == 2
+    assert "evil" in result.stdout

@@ -576,3 +576,13 @@ def test_the_stacks_own_initial_item_is_readable(aws_env: str) -> None:
     )
     assert record.state(1764000001) == "active"
     assert store.list("demo") == [record]
+
+
+def test_dynamodb_without_credentials(aws_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigError, match="no AWS credentials"):
+        open_key_store(f"dynamodb:{TABLE}").get(hash_key(generate_key()))

@@ -34,6 +34,11 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _printable(text: str | None) -> str | None:
+    # Names written by other tools could carry control characters; never send those to a terminal.
+    return text if text is None or text.isprintable() else repr(text)
+
+
 def _open(url: str) -> KeyStore:
     return open_key_store(url)
 
@@ -120,7 +125,7 @@ def list_(keys_url: str, endpoint: str | None, as_json: bool) -> None:
         (
             r.display, r.endpoint, r.kind, r.plan, r.state(now), _when(r.created_at), _when(r.expires_at),
             f"{r.rate_per_min:g}" if r.rate_per_min is not None else "-",
-            str(r.daily_cap) if r.daily_cap is not None else "-", r.name or "-",
+            str(r.daily_cap) if r.daily_cap is not None else "-", _printable(r.name) or "-",
         )
         for r in records
     ]

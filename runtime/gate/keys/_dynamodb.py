@@ -86,7 +86,7 @@ class DynamoKeyStore:
                 f"keys={'dynamodb:' + table!r} names no valid table; use dynamodb:TABLE "
                 "(3-255 letters, digits, '_', '-', '.')"
             )
-        import boto3
+        import boto3.session
         import botocore.config
         import botocore.exceptions
 
@@ -97,7 +97,9 @@ class DynamoKeyStore:
         # connection must become a 503 in seconds, not a minute. Retries follow the environment.
         config = botocore.config.Config(connect_timeout=3, read_timeout=5)
         try:
-            self._client: Any = boto3.client("dynamodb", config=config)
+            # A session of its own: boto3's default session caches credentials once resolved, and a
+            # store must reflect the environment as it is when the store is opened.
+            self._client: Any = boto3.session.Session().client("dynamodb", config=config)
         except botocore.exceptions.NoRegionError:
             raise ConfigError(
                 f"keys={'dynamodb:' + table!r} needs an AWS region; set AWS_REGION (or AWS_DEFAULT_REGION)"

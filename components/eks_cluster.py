@@ -103,7 +103,7 @@ def gpu_node_user_data() -> str:
         "#!/bin/bash",
         "set -euo pipefail",
         f"mkdir -p {WEIGHTS_MOUNT}",
-        "for i in $(seq 1 60); do",
+        "for _ in $(seq 1 60); do",
         f"  [ -e /dev/disk/by-label/{WEIGHTS_LABEL} ] && break; sleep 1",
         "done",
         f"mount -o noatime,nodev,nosuid LABEL={WEIGHTS_LABEL} {WEIGHTS_MOUNT}",
@@ -181,64 +181,76 @@ def cluster_autoscaler_policy(cluster_name: str) -> str:
             "autoscaling:DescribeLaunchConfigurations", "autoscaling:DescribeScalingActivities",
             "autoscaling:DescribeTags", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
             "ec2:DescribeLaunchTemplateVersions", "ec2:GetInstanceTypesFromInstanceRequirements",
-            "eks:DescribeNodegroup",
         ], ["*"], "Discover"),
+        statement(["eks:DescribeNodegroup"], [f"arn:aws:eks:*:*:nodegroup/{cluster_name}/*/*"], "OwnNodegroups"),
         # Writes only on groups EKS tagged as this cluster's.
         statement(
-            ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"], ["*"],
-            "ScaleOwnGroups",
+            ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            ["arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"], "ScaleOwnGroups",
             {"StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"}},
         ),
     ])
 
 
+_ELB = "arn:aws:elasticloadbalancing:*:*"
+
+
 def load_balancer_controller_policy() -> str:
-    """The AWS Load Balancer Controller's permissions, writes limited to what it tagged itself."""
+    """The AWS Load Balancer Controller's permissions for ALBs with IP targets (WAF, Shield and
+    Cognito are switched off in its values), writes limited to what it tagged itself."""
     owned = {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}}
     return policy_document([
+        # Describe* calls have no resource-level permissions: AWS requires "*".
         statement([
             "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones",
             "ec2:DescribeInternetGateways", "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections",
             "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeInstances",
-            "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeCoipPools",
-            "ec2:GetCoipPoolUsage", "ec2:DescribeRouteTables", "ec2:GetSecurityGroupsForVpc",
-            "ec2:DescribeIpamPools",
+            "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeRouteTables",
+            "ec2:DescribeIpamPools", "ec2:DescribeCoipPools",
             "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
             "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
             "elasticloadbalancing:DescribeSSLPolicies", "elasticloadbalancing:DescribeRules",
             "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
             "elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTags",
             "elasticloadbalancing:DescribeTrustStores", "elasticloadbalancing:DescribeListenerAttributes",
-            "elasticloadbalancing:DescribeCapacityReservation",
-            "acm:ListCertificates", "acm:DescribeCertificate", "iam:ListServerCertificates",
-            "iam:GetServerCertificate", "wafv2:GetWebACLForResource", "wafv2:GetWebACL",
-            "shield:GetSubscriptionState", "cognito-idp:DescribeUserPoolClient",
+            "elasticloadbalancing:DescribeCapacityReservation", "acm:ListCertificates",
         ], ["*"], "Discover"),
-        statement(["iam:CreateServiceLinkedRole"], ["*"], "ElbServiceLinkedRole",
-                  {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}),
-        statement(["ec2:CreateSecurityGroup"], ["*"], "CreateSecurityGroup"),
+        statement(["acm:DescribeCertificate"], ["arn:aws:acm:*:*:certificate/*"], "ReadCertificates"),
+        statement(["ec2:GetSecurityGroupsForVpc"], ["arn:aws:ec2:*:*:vpc/*"], "VpcSecurityGroups"),
+        statement(["iam:CreateServiceLinkedRole"], [
+            "arn:aws:iam::*:role/aws-service-role/elasticloadbalancing.amazonaws.com/"
+            "AWSServiceRoleForElasticLoadBalancing"], "ElbServiceLinkedRole",
+            {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}}),
+        statement(["ec2:CreateSecurityGroup"], ["arn:aws:ec2:*:*:security-group/*", "arn:aws:ec2:*:*:vpc/*"],
+                  "CreateSecurityGroup"),
         statement(["ec2:CreateTags"], ["arn:aws:ec2:*:*:security-group/*"], "TagNewSecurityGroup",
                   {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"},
                    "Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}}),
         statement(["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress",
                    "ec2:DeleteSecurityGroup", "ec2:CreateTags", "ec2:DeleteTags"],
-                  ["*"], "OwnSecurityGroups", owned),
+                  ["arn:aws:ec2:*:*:security-group/*"], "OwnSecurityGroups", owned),
         statement(["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
-                  ["*"], "CreateTagged", {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}}),
-        statement(["elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
-                   "elasticloadbalancing:CreateRule", "elasticloadbalancing:DeleteRule",
-                   "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
-                   "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
+                  [f"{_ELB}:loadbalancer/app/*/*", f"{_ELB}:targetgroup/*/*"], "CreateTagged",
+                  {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}}),
+        statement(["elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
                    "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",
-                   "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:ModifyTargetGroup",
-                   "elasticloadbalancing:ModifyTargetGroupAttributes", "elasticloadbalancing:DeleteTargetGroup",
-                   "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:ModifyListener",
-                   "elasticloadbalancing:AddListenerCertificates",
-                   "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:ModifyRule",
-                   "elasticloadbalancing:SetWebAcl"],
-                  ["*"], "OwnLoadBalancers", owned),
+                   "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:CreateListener"],
+                  [f"{_ELB}:loadbalancer/app/*/*"], "OwnLoadBalancers", owned),
+        statement(["elasticloadbalancing:ModifyTargetGroup", "elasticloadbalancing:ModifyTargetGroupAttributes",
+                   "elasticloadbalancing:DeleteTargetGroup"],
+                  [f"{_ELB}:targetgroup/*/*"], "OwnTargetGroups", owned),
+        # Listeners and rules of those load balancers (they carry no tag condition in AWS's own policy).
+        statement(["elasticloadbalancing:DeleteListener", "elasticloadbalancing:ModifyListener",
+                   "elasticloadbalancing:ModifyListenerAttributes", "elasticloadbalancing:AddListenerCertificates",
+                   "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:CreateRule"],
+                  [f"{_ELB}:listener/app/*/*/*"], "Listeners"),
+        statement(["elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyRule"],
+                  [f"{_ELB}:listener-rule/app/*/*/*/*"], "Rules"),
+        statement(["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
+                  [f"{_ELB}:loadbalancer/app/*/*", f"{_ELB}:targetgroup/*/*", f"{_ELB}:listener/app/*/*/*",
+                   f"{_ELB}:listener-rule/app/*/*/*/*"], "Tags"),
         statement(["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
-                  ["arn:aws:elasticloadbalancing:*:*:targetgroup/*/*"], "Targets"),
+                  [f"{_ELB}:targetgroup/*/*"], "Targets"),
     ])
 
 
@@ -488,6 +500,8 @@ class EksCluster(pulumi.ComponentResource):
                     "serviceAccount": {"create": True, "name": "aws-load-balancer-controller"},
                     "nodeSelector": {"warmstart.dev/role": "system"},
                     "replicaCount": 2 if env == "prod" else 1,
+                    # Features this endpoint does not use; off, so their permissions need not exist.
+                    "enableShield": False, "enableWaf": False, "enableWafv2": False,
                 },
             ),
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[system, lbc_role]),

@@ -204,6 +204,11 @@ def test_endpoint_state_rules() -> None:
     assert s(exists=True, stopped=False, desired=0, ready=0, starting=0, failure=None)[0] == "active"
 
 
-def test_metrics_subcommand_is_registered_lazily() -> None:
-    res = run("endpoint", "--help")
-    assert "metrics" in res.output
+def test_metrics_subcommand_is_registered_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    from warmstart.commands.endpoint import EndpointGroup
+
+    assert "metrics" in run("endpoint", "--help").output
+    monkeypatch.setattr(EndpointGroup, "METRICS", ("warmstart.no_such_monitoring.cli", "metrics"))
+    res = CliRunner().invoke(cli, ["endpoint", "metrics", "--stack", "dev"])
+    assert res.exit_code == 2
+    assert res.stderr == "error: `endpoint metrics` is not installed in this build (warmstart.monitoring is missing)\n"

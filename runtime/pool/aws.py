@@ -46,6 +46,7 @@ from runtime.scaling.controller import ScalingController
 from runtime.scaling.coordination import Coordinator, coordinator_for
 from runtime.scaling.policy import Limits
 from warmstart import metrics
+from warmstart.errors import ConfigError
 from warmstart.spec import load_variant
 
 log = logging.getLogger("warmstart.pool.aws")
@@ -136,9 +137,13 @@ class AwsPool(ReplicaPool):
         self._fallbacks: tuple[str, ...] = ()
         self._primary: str | None = None
         if pool.variant:
-            variant = load_variant(pool.variant)
-            self._primary = variant.gpu.instance_type
-            self._fallbacks = variant.gpu.fallback_instance_types
+            try:
+                variant = load_variant(pool.variant)
+            except ConfigError as e:  # serve anyway; only the capacity fallback needs the variant
+                log.warning("%s: no capacity fallback: %s", pool.asg_name, e)
+            else:
+                self._primary = variant.gpu.instance_type
+                self._fallbacks = variant.gpu.fallback_instance_types
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
         self._snap = PoolSnapshot(stopped=config.stopped)

@@ -36,6 +36,7 @@ from pulumi_kubernetes.core.v1 import (
     ContainerArgs,
     EnvVarArgs,
     HostPathVolumeSourceArgs,
+    PodSecurityContextArgs,
     PodSpecArgs,
     PodTemplateSpecArgs,
     ResourceRequirementsArgs,
@@ -414,6 +415,8 @@ class EksCluster(pulumi.ComponentResource):
                     spec=PodSpecArgs(
                         priority_class_name="system-node-critical",
                         automount_service_account_token=False,
+                        security_context=PodSecurityContextArgs(
+                            seccomp_profile=SeccompProfileArgs(type="RuntimeDefault")),
                         node_selector={GPU_NODE_LABEL: "true"},
                         tolerations=[TolerationArgs(key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")],
                         containers=[ContainerArgs(

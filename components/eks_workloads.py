@@ -47,7 +47,6 @@ from pulumi_kubernetes.core.v1 import (
     ProbeArgs,
     ResourceRequirementsArgs,
     SeccompProfileArgs,
-    SecretKeySelectorArgs,
     SecretVolumeSourceArgs,
     SecurityContextArgs,
     ServicePortArgs,
@@ -94,7 +93,8 @@ POD_IP_REF = "$(POD_IP)"  # Kubernetes expands $(VAR) in command/args from the c
 
 VLLM, GATE, STORE = "vllm", "gate", "store"
 STORE_IMAGE = "valkey/valkey:8.1.1-alpine"
-STORE_UID = 999  # the valkey user of the official image
+STORE_UID = RUN_AS_UID  # valkey runs as any user; a high UID never maps to a host account
+STORE_AUTH_DIR = "/etc/valkey"
 STORE_PORT = 6379
 APP_LABEL = "app.kubernetes.io/name"
 PART_OF = {"app.kubernetes.io/part-of": "warmstart"}
@@ -544,7 +544,8 @@ class EksWorkloads(pulumi.ComponentResource):
         password = random.RandomPassword(f"{name}-store-password", length=40, special=False, opts=in_ns)
         k8s.core.v1.Secret(
             f"{name}-store-auth", metadata=meta("store-auth"), type="Opaque",
-            string_data={"password": password.result}, opts=in_ns,
+            # A config file, not an environment variable: env leaks into crash dumps and `ps e`.
+            string_data={"auth.conf": pulumi.Output.concat("requirepass ", password.result, "\n")}, opts=in_ns,
         )
         labels = _labels(STORE)
         k8s.apps.v1.Deployment(
@@ -565,11 +566,9 @@ class EksWorkloads(pulumi.ComponentResource):
                             name=STORE,
                             image=STORE_IMAGE,
                             image_pull_policy="Always",
-                            command=["valkey-server", "--port", str(STORE_PORT), "--requirepass", "$(STORE_PASSWORD)",
+                            command=["valkey-server", f"{STORE_AUTH_DIR}/auth.conf", "--port", str(STORE_PORT),
                                      "--save", "", "--appendonly", "no", "--maxmemory", "200mb",
                                      "--maxmemory-policy", "noeviction"],
-                            env=[EnvVarArgs(name="STORE_PASSWORD", value_from=EnvVarSourceArgs(
-                                secret_key_ref=SecretKeySelectorArgs(name="store-auth", key="password")))],
                             ports=[ContainerPortArgs(name="redis", container_port=STORE_PORT, protocol="TCP")],
                             resources=ResourceRequirementsArgs(
                                 requests={"cpu": "250m", "memory": "256Mi"},
@@ -581,9 +580,12 @@ class EksWorkloads(pulumi.ComponentResource):
                                 tcp_socket=TCPSocketActionArgs(port="redis"), period_seconds=10,
                                 failure_threshold=6),
                             security_context=_restricted(STORE_UID),
-                            volume_mounts=[VolumeMountArgs(name="data", mount_path="/data")],
+                            volume_mounts=[VolumeMountArgs(name="data", mount_path="/data"),
+                                           VolumeMountArgs(name="auth", mount_path=STORE_AUTH_DIR, read_only=True)],
                         )],
-                        volumes=[VolumeArgs(name="data", empty_dir=EmptyDirVolumeSourceArgs(size_limit="256Mi"))],
+                        volumes=[VolumeArgs(name="data", empty_dir=EmptyDirVolumeSourceArgs(size_limit="256Mi")),
+                                 VolumeArgs(name="auth", secret=SecretVolumeSourceArgs(
+                                     secret_name="store-auth", default_mode=0o440))],
                     ),
                 ),
             ),

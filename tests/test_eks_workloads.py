@@ -351,8 +351,10 @@ def test_the_gate_config_and_store_password_stay_secret(graph: Graph) -> None:
         assert "stringData" in secret.options["additional_secret_outputs"]
     store = one(manifests(graph), "Deployment", STORE)
     (c,) = containers(store)
-    env = {e["name"]: e for e in c["env"]}
-    assert env["STORE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "store-auth", "key": "password"}
+    assert "env" not in c  # the password is a mounted file, never an environment variable
+    auth = next(v for v in store["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth")
+    assert auth["secret"]["secretName"] == "store-auth"
+    assert c["command"][:2] == ["valkey-server", "/etc/valkey/auth.conf"]
 
 
 def test_the_alb_ingress(docs: list[dict[str, Any]]) -> None:

@@ -42,6 +42,13 @@ def test_status_shows_state_and_replica_phases(fleet: Fleet, stack_dir: Path) ->
     assert [r["phase"] for r in st["replicas"]] == ["ready", "ready"]
 
 
+def test_status_follows_a_stopped_stack_file_before_the_group_has_the_tag(fleet: Fleet, stack_dir: Path) -> None:
+    path = stack_dir / "Pulumi.dev.yaml"
+    path.write_text(path.read_text().replace("mode: flex\n", "mode: flex\n      stopped: true\n", 1))
+    res = run("endpoint", "status", "--stack", "dev", "--endpoint", "chat")
+    assert "ws-dev-chat-replicas: stopped (stopped by `warmstart endpoint stop`" in res.output
+
+
 def test_status_of_an_undeployed_endpoint_is_provisioning(aws_env: str, stack_dir: Path) -> None:
     res = run("endpoint", "status", "--stack", "dev", "--endpoint", "chat")
     assert res.exit_code == 0, res.output
@@ -56,7 +63,7 @@ def test_stop_then_start_through_the_stack(fleet: Fleet, stack_dir: Path) -> Non
     res = run("endpoint", "stop", "--stack", "dev", "--endpoint", "chat")
     assert res.exit_code == 0, res.output
     group = fleet.group()
-    assert (group["DesiredCapacity"], group["MinSize"]) == (0, 0)
+    assert (group["DesiredCapacity"], group["MinSize"], group["MaxSize"]) == (0, 0, 0)
     assert asgops.group_tags(group)[asgops.STOPPED_TAG] == "true"
     pool = asg.describe_warm_pool(AutoScalingGroupName=fleet.asg_name)["WarmPoolConfiguration"]
     assert (pool["MinSize"], pool["MaxGroupPreparedCapacity"]) == (0, 0)
@@ -69,7 +76,7 @@ def test_stop_then_start_through_the_stack(fleet: Fleet, stack_dir: Path) -> Non
     assert res.exit_code == 0, res.output
     group = fleet.group()
     assert asgops.STOPPED_TAG not in asgops.group_tags(group)
-    assert (group["DesiredCapacity"], group["MinSize"]) == (0, 0)  # Flex floor: the next request wakes it
+    assert (group["DesiredCapacity"], group["MinSize"], group["MaxSize"]) == (0, 0, 4)  # Flex: woken by a request
     pool = asg.describe_warm_pool(AutoScalingGroupName=fleet.asg_name)["WarmPoolConfiguration"]
     assert (pool["MinSize"], pool["MaxGroupPreparedCapacity"]) == (1, 3)
     assert endpoint_in(stack_dir, "chat")["stopped"] is False
@@ -93,9 +100,20 @@ def test_break_glass_by_asg_name_needs_no_stack(fleet: Fleet, monkeypatch: pytes
     res = run("endpoint", "start", "--asg", fleet.asg_name, "--min", "1")
     assert res.exit_code == 0, res.output
     group = fleet.group()
-    assert (group["MinSize"], group["DesiredCapacity"]) == (1, 1)
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (1, 4, 1)  # max restored from the tag
     res = run("endpoint", "status", "--asg", fleet.asg_name)
     assert "active (1 replica(s) ready)" in res.output
+
+
+def test_start_after_pulumi_applied_stopped_needs_a_ceiling(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `pulumi up` of a stopped endpoint leaves max size 0 and none of the command's tags.
+    fleet.client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=fleet.asg_name, MinSize=0, MaxSize=0)
+    res = CliRunner().invoke(cli, ["endpoint", "start", "--asg", fleet.asg_name, "--min", "1"])
+    assert res.exit_code == 2 and "has max size 0 and no saved size (stopped by pulumi up?); pass --max N" in res.stderr
+    res = run("endpoint", "start", "--asg", fleet.asg_name, "--min", "1", "--max", "3")
+    assert res.exit_code == 0, res.output
+    group = fleet.group()
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (1, 3, 1)
 
 
 def test_change_gpu_new_template_version_and_rolling_refresh(fleet: Fleet, stack_dir: Path,

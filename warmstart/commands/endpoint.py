@@ -51,7 +51,8 @@ def resolve(stack: str | None, endpoint: str | None, asg: str | None, region: st
     target = ops.Target(
         asg_name=naming.replica_asg_name(env, ep.name), region=region or sf.region,
         environment=env, endpoint=ep.name, variant=ep.variant,
-        floor=ep.min_replicas, warm_pool_size=ep.warm_pool_size,
+        floor=ep.min_replicas, max_size=ep.max_replicas, warm_pool_size=ep.warm_pool_size,
+        stopped=ep.stopped,
     )
     return Resolved(target=target, stack=sf, endpoint=ep)
 
@@ -165,15 +166,17 @@ def stop(stack: str | None, endpoint_name: str | None, asg: str | None, region: 
 @endpoint.command()
 @_where
 @click.option("--min", "min_size", type=int, metavar="N", help="with --asg: the floor to restore")
+@click.option("--max", "max_size", type=int, metavar="N",
+              help="with --asg: the ceiling (default: the size saved by stop)")
 def start(stack: str | None, endpoint_name: str | None, asg: str | None, region: str | None,
-          min_size: int | None) -> None:
+          min_size: int | None, max_size: int | None) -> None:
     """Back to the configured floor (Flex: 0 until the next request; Active: min_replicas)."""
     r = resolve(stack, endpoint_name, asg, region)
-    if min_size is not None and r.stack is not None:
-        raise ConfigError("--min goes with --asg; with --stack the floor is the endpoint's min_replicas")
+    if (min_size is not None or max_size is not None) and r.stack is not None:
+        raise ConfigError("--min/--max go with --asg; with --stack they are the endpoint's min/max_replicas")
     if asg is not None and min_size is None:
         raise ConfigError("with --asg, pass --min N (the floor: 0 for Flex, min_replicas for Active)")
-    click.echo(ops.start(r.target, min_size))
+    click.echo(ops.start(r.target, min_size, max_size))
     r.write("stopped: false", stopped=False)
 
 

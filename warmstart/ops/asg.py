@@ -44,7 +44,9 @@ class Target:
     endpoint: str | None = None
     variant: str | None = None
     floor: int = 0  # min_replicas of the endpoint (Active >= 1)
+    max_size: int | None = None  # max_replicas of the endpoint (from the stack)
     warm_pool_size: int | None = None
+    stopped: bool = False  # the stack file says stopped (the next pulumi up keeps it so)
 
     @property
     def log_group(self) -> str | None:
@@ -188,8 +190,9 @@ def status(target: Target) -> EndpointStatus:
         instance_type = asgops.template_ref(asg, ec2, group).instance_type
     except (BotoCoreError, ClientError, LookupError, KeyError, IndexError):
         instance_type = None
+    stopped = tags.get(asgops.STOPPED_TAG) == "true" or target.stopped
     state, why = endpoint_state(
-        exists=True, stopped=tags.get(asgops.STOPPED_TAG) == "true", desired=int(group["DesiredCapacity"]),
+        exists=True, stopped=stopped, desired=int(group["DesiredCapacity"]),
         ready=ready, starting=starting, failure=failure,
     )
     notes = []
@@ -214,14 +217,21 @@ def _failed_activity(activities: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def stop(target: Target) -> str:
-    """No replicas and no warm pool (no GPU or volume charges); the gate answers 503 "stopped"."""
+    """No replicas and no warm pool (no GPU or volume charges); the gate answers 503 "stopped".
+
+    Max size 0 too, as `pulumi up` of a stopped endpoint declares: no scaling policy or gate can
+    raise capacity until `start`.
+    """
     asg = client("autoscaling", target.region)
     group = _group(asg, target.asg_name, target.region)
     name = target.asg_name
     # Tag first: gates stop waking the group before its capacity goes to zero.
     _aws(lambda: asgops.set_group_tag(asg, name, asgops.STOPPED_TAG, "true"), "tagging the group stopped")
-    _aws(lambda: asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, DesiredCapacity=0),
-         "UpdateAutoScalingGroup")
+    if int(group["MaxSize"]) > 0:
+        _aws(lambda: asgops.set_group_tag(asg, name, asgops.SAVED_MAX_TAG, str(group["MaxSize"])),
+             "saving the max size")
+    _aws(lambda: asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=0, MaxSize=0,
+                                               DesiredCapacity=0), "UpdateAutoScalingGroup")
     pool = _aws(lambda: asg.describe_warm_pool(AutoScalingGroupName=name), "DescribeWarmPool")
     conf = pool.get("WarmPoolConfiguration")
     if conf and (conf.get("MinSize", 0) or conf.get("MaxGroupPreparedCapacity", -1) != 0):
@@ -232,23 +242,31 @@ def stop(target: Target) -> str:
             PoolState=conf.get("PoolState", "Stopped"),
         ), "PutWarmPool")
     running = sum(not str(i["LifecycleState"]).startswith("Warmed:") for i in group.get("Instances", []))
-    return f"stopped {name}: {running} replica(s) draining, desired 0, min 0" + (
+    return f"stopped {name}: {running} replica(s) draining, desired 0, min 0, max 0" + (
         ", warm pool emptied" if conf else ""
     )
 
 
-def start(target: Target, min_size: int | None = None) -> str:
+def start(target: Target, min_size: int | None = None, max_size: int | None = None) -> str:
     """Back to the configured floor (Flex: 0, woken by the next request; Active: min_replicas)."""
     asg = client("autoscaling", target.region)
     name = target.asg_name
     group = _group(asg, name, target.region)
-    floor = target.floor if min_size is None else min_size
-    if floor < 0 or floor > int(group["MaxSize"]):
-        raise ConfigError(f"--min {floor} is outside 0..{group['MaxSize']} (the group's max size); pick one in range")
-    desired = max(floor, int(group["DesiredCapacity"]))
-    _aws(lambda: asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=floor, DesiredCapacity=desired),
-         "UpdateAutoScalingGroup")
     tags = asgops.group_tags(group)
+    floor = target.floor if min_size is None else min_size
+    saved = tags.get(asgops.SAVED_MAX_TAG)
+    ceiling = max_size or target.max_size or (int(saved) if saved else int(group["MaxSize"]))
+    if ceiling < 1:
+        raise ConfigError(
+            f"group {name} has max size 0 and no saved size (stopped by pulumi up?); pass --max N"
+        )
+    if floor < 0 or floor > ceiling:
+        raise ConfigError(f"--min {floor} is outside 0..{ceiling} (the group's max size); pick one in range")
+    desired = min(max(floor, int(group["DesiredCapacity"])), ceiling)
+    _aws(lambda: asg.update_auto_scaling_group(AutoScalingGroupName=name, MinSize=floor, MaxSize=ceiling,
+                                               DesiredCapacity=desired), "UpdateAutoScalingGroup")
+    if saved:
+        _aws(lambda: asgops.delete_group_tag(asg, name, asgops.SAVED_MAX_TAG), "DeleteTags")
     saved = tags.get(asgops.SAVED_WARM_POOL_TAG)
     if saved:
         lo, hi = (int(x) for x in saved.split(","))
@@ -258,7 +276,7 @@ def start(target: Target, min_size: int | None = None) -> str:
     if asgops.STOPPED_TAG in tags:
         _aws(lambda: asgops.delete_group_tag(asg, name, asgops.STOPPED_TAG), "DeleteTags")
     woken = "the next request wakes it" if desired == 0 else f"{desired} replica(s) starting"
-    return f"started {name}: min {floor}, desired {desired} ({woken})"
+    return f"started {name}: min {floor}, max {ceiling}, desired {desired} ({woken})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ with the real `kubernetes` client configured from a kubeconfig, as an operator's
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,3 +261,35 @@ def test_gate_config_builds_the_pool(kube_api: KubeApi, kubeconfig: Path) -> Non
 def test_gate_config_k8s_needs_a_deployment() -> None:
     with pytest.raises(ConfigError, match="pool.kind='k8s' needs namespace and deployment"):
         GateConfig.parse({"endpoint": "chat", "served_name": "m", "pool": {"kind": "k8s", "namespace": "ws"}})
+
+
+def test_a_gate_wakes_the_deployment_and_routes_to_the_ready_pod(
+        kube_api: KubeApi, kubeconfig: Path, gate_factory: Any, upstream: Any) -> None:
+    """The real gate (gunicorn, pool kind k8s, $KUBECONFIG) in front of a Deployment at zero: the
+    first request wakes it through the scale subresource, is held, and is served once the pod's
+    endpoint turns ready (its address is the local upstream)."""
+    import openai
+
+    kube_api.add_deployment(NS, DEP, replicas=0)
+    gate = gate_factory(pool={"kind": "k8s", "namespace": NS, "deployment": DEP, "max_replicas": 2},
+                        hold_timeout_s=60)
+    key = gate.mint()
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        client = openai.OpenAI(base_url=gate.base_url, api_key=key, max_retries=0, timeout=120)
+        result["r"] = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+
+    t = threading.Thread(target=call)
+    t.start()
+    deadline = time.monotonic() + 60
+    while kube_api.replicas(NS, DEP) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kube_api.replicas(NS, DEP) == 1, gate.log()[-2000:]
+    kube_api.set_pods(NS, DEP, [("vllm-a", "127.0.0.1", True)], port=upstream.port)
+    t.join(timeout=90)
+    assert not t.is_alive()
+    assert result["r"].choices[0].message.content.startswith("tok0")
+    assert [p.body["spec"]["replicas"] for p in kube_api.patches()] == [1]  # one wake, no more
+    assert upstream.stats()["completed"] == 1

@@ -49,6 +49,7 @@ class Recorded:
 class _Deployment:
     obj: dict[str, Any]
     pods: list[dict[str, Any]] = field(default_factory=list)  # EndpointSlice endpoints
+    port: int = 8000  # the Service's port the slices report (tests point it at a local upstream)
 
 
 class KubeApi:
@@ -104,7 +105,8 @@ class KubeApi:
             d.obj["metadata"]["resourceVersion"] = self._next_rv()
 
     def set_pods(
-        self, namespace: str, name: str, pods: list[tuple[str, str, bool]], *, terminating: tuple[str, ...] = ()
+        self, namespace: str, name: str, pods: list[tuple[str, str, bool]], *, terminating: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> None:
         """The Deployment's pods as the EndpointSlice controller would list them: (name, ip, ready)."""
         eps = []
@@ -115,7 +117,10 @@ class KubeApi:
             ep["targetRef"].update(name=pod, namespace=namespace)
             eps.append(ep)
         with self._lock:
-            self._deployments[(namespace, name)].pods = eps
+            d = self._deployments[(namespace, name)]
+            d.pods = eps
+            if port is not None:
+                d.port = port
 
     def patches(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "PATCH"]
@@ -237,6 +242,7 @@ class KubeApi:
                 sl["metadata"]["labels"]["kubernetes.io/service-name"] = name
                 sl["metadata"]["ownerReferences"][0]["name"] = name
                 sl["endpoints"] = copy.deepcopy(d.pods)
+                sl["ports"][0]["port"] = d.port
                 if ns == namespace and all(sl["metadata"]["labels"].get(k) == v for k, v in want.items()):
                     items.append(sl)
         return {

@@ -271,3 +271,29 @@ def ensure(
 
 def files_of(folder: Path) -> Iterable[str]:
     return sorted(read_manifest(folder)["files"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runtime.replica.weights --source S --dest D`: ensure() in its own process.
+
+    The local pool runs re-hydration this way so the conversion's torch/transformers memory and
+    CPU time never land in the gate's worker process.
+    """
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Verify a weight cache; re-hydrate it from its source if broken.")
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--dest", required=True, type=Path)
+    ap.add_argument("--model")
+    a = ap.parse_args(argv)
+    try:
+        ensure(a.source, a.dest, model=a.model, progress=lambda m: print(m, flush=True))
+    except OperationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

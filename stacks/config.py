@@ -52,6 +52,10 @@ class StackConfig:
     def variant_of(self, endpoint: EndpointConfig) -> Variant:
         return self.variants[endpoint.variant]
 
+    def image_for(self, endpoint: EndpointConfig) -> str:
+        """The endpoint's own image_uri, else the stack's warmstart:imageUri."""
+        return endpoint.image_uri or self.image_uri
+
 
 def _value(values: Mapping[str, Any], key: str) -> Any:
     """Pulumi hands structured values over as JSON strings; the stack file gives them parsed."""
@@ -83,12 +87,7 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
         raise ConfigError(
             f"{source}: warmstart:substrate={substrate!r} is not available; use one of {', '.join(SUBSTRATES)}"
         )
-    image_uri = values.get("warmstart:imageUri")
-    if not image_uri:
-        raise ConfigError(
-            f"{source}: warmstart:imageUri is not set; build runtime/image, push it to ECR and set "
-            "warmstart:imageUri to its URI"
-        )
+    image_uri = values.get("warmstart:imageUri") or ""
     raw = _value(values, "warmstart:endpoints")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: warmstart:endpoints must be a non-empty list of endpoints; add one")
@@ -103,10 +102,16 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
                 f"{source}: endpoint {data.get('name', i)} has environment={data['environment']!r} in stack "
                 f"environment {env!r}; remove its environment key"
             )
-        ep = parse_endpoint(data)
+        try:
+            ep = parse_endpoint(data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         if ep.name in {e.name for e in endpoints}:
             raise ConfigError(f"{source}: endpoint name {ep.name!r} appears twice; names must be unique")
-        variant = variants.get(ep.variant) or load_variant(ep.variant, variants_root)
+        try:
+            variant = variants.get(ep.variant) or load_variant(ep.variant, variants_root)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: endpoint {ep.name}: {e}") from None
         if not variant.on_gpu:
             raise ConfigError(
                 f"{source}: endpoint {ep.name} uses variant {variant.name!r} with gpu.instance_type='cpu' "
@@ -116,6 +121,11 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
             raise ConfigError(
                 f"{source}: variant {variant.name!r} has no weights_snapshot_id; run `warmstart weights "
                 f"build {variant.name}` and record the snapshot id in its YAML"
+            )
+        if not (ep.image_uri or image_uri):
+            raise ConfigError(
+                f"{source}: warmstart:imageUri is not set (nor endpoint {ep.name}'s image_uri); build "
+                "runtime/image, push it to ECR and set warmstart:imageUri to its URI"
             )
         variants[variant.name] = variant
         endpoints.append(ep)

@@ -18,12 +18,12 @@ from warmstart.spec import EndpointConfig
 
 def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
     return Deployment(ep.name, DeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
-                                              image_uri=cfg.image_uri))
+                                              image_uri=cfg.image_for(ep)))
 
 
 def _eks(cfg: StackConfig, ep: EndpointConfig) -> EksDeployment:
     return EksDeployment(ep.name, EksDeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
-                                                    image_uri=cfg.image_uri, eks=eks_settings_from_pulumi()))
+                                                    image_uri=cfg.image_for(ep), eks=eks_settings_from_pulumi()))
 
 
 # substrate -> builder; both return components with the same outputs.

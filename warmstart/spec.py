@@ -339,8 +339,8 @@ class Variant(_Value):
 
 
 class PlanLimits(_Value):
-    max_replicas: int = Field(ge=1)
-    max_concurrency: int = Field(ge=1)
+    max_replicas: int = Field(ge=1, description="replicas across the endpoint (replaces the plan's)")
+    max_concurrency: int = Field(ge=1, description="in-flight requests across the endpoint (replaces the plan's)")
 
 
 class ExistingNetwork(_Value):
@@ -398,7 +398,7 @@ class EndpointConfig(_Value):
         default=None, description="set by `endpoint change-gpu`: overrides the variant's instance type"
     )
     image_uri: str | None = Field(
-        default=None, description="runtime image (ECR URI); default: the pinned public vLLM-based image"
+        default=None, description="runtime image (ECR URI) for this endpoint; default: the stack's warmstart:imageUri"
     )
     log_retention_days: int = Field(default=30, description="CloudWatch log retention")
 

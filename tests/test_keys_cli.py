@@ -117,6 +117,9 @@ BAD = [
     (["revoke", "ws_live_zz"], "'ws_live_zz'"),
     (["revoke", "ws_live_" + "0" * 64], "no key matches"),
     (["rotate", "ws_live_" + "0" * 64, "--grace", "forever"], "--grace='forever'"),
+    (["rotate", "ws_live_" + "0" * 64, "--grace", ""], "--grace=''"),
+    (["rotate", "ws_live_" + "0" * 64, "--grace", "400d"], "grace_s="),
+    (["list", "--endpoint", "UPPER"], "endpoint='UPPER'"),
     (["rotate", "ws_live_" + "0" * 64, "--grace", "1h", "--expires", "yesterday"], "--expires='yesterday'"),
 ]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from runtime.gate.keys import DEFAULT_GRACE_S, KEEP_LIFETIME, Expiry, KeyRecord, KeyStore, open_key_store
+from runtime.gate.keys import KEEP_LIFETIME, Expiry, KeyRecord, KeyStore, open_key_store
 from runtime.gate.keys.parse import parse_daily_cap, parse_duration, parse_expires, parse_rate
 from warmstart.errors import ConfigError
 
@@ -162,7 +162,7 @@ def revoke(keys_url: str, ident: str, as_json: bool) -> None:
 @_json_option
 def rotate(keys_url: str, ident: str, grace: str, expires: str | None, as_json: bool) -> None:
     """Replace a key: print the new one once; the old one works until the grace window ends."""
-    grace_s = parse_duration(grace, what="--grace") if grace else DEFAULT_GRACE_S
+    grace_s = parse_duration(grace, what="--grace")
     now = time.time()
     new_expiry: Expiry = KEEP_LIFETIME if expires is None else parse_expires(expires, now=now)
     store = _open(keys_url)

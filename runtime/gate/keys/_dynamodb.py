@@ -27,6 +27,7 @@ from runtime.gate.keys._store import (
     Clock,
     Expiry,
     KeyStoreUnavailable,
+    check_grace,
     matches_ident,
     new_key_record,
     parse_ident,
@@ -218,6 +219,7 @@ class DynamoKeyStore:
     def rotate(
         self, ident: str, grace_s: float = DEFAULT_GRACE_S, *, expires_at: Expiry = KEEP_LIFETIME
     ) -> tuple[str, KeyRecord]:
+        check_grace(grace_s)  # bad input is refused before anything is looked up
         old = self._resolve(ident)
         for _ in range(_ROTATE_ATTEMPTS):
             now = self._clock()

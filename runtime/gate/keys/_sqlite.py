@@ -25,6 +25,7 @@ from runtime.gate.keys._store import (
     Clock,
     Expiry,
     KeyStoreUnavailable,
+    check_grace,
     matches_ident,
     new_key_record,
     parse_ident,
@@ -189,6 +190,7 @@ class SqliteKeyStore:
     def rotate(
         self, ident: str, grace_s: float = DEFAULT_GRACE_S, *, expires_at: Expiry = KEEP_LIFETIME
     ) -> tuple[str, KeyRecord]:
+        check_grace(grace_s)  # bad input is refused before anything is looked up
         with self._write() as conn:
             # One transaction: the old key's shortened expiry and the new key land together.
             old = self._resolve(conn, ident)

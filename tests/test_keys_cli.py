@@ -203,3 +203,12 @@ def test_list_never_prints_control_characters(aws_env: str) -> None:
     result = run("list", "--keys", "dynamodb:ws-dev-demo-keys")
     assert result.exit_code == 0 and "\x1b" not in result.stdout and len(result.stdout.splitlines()) == 2
     assert "evil" in result.stdout
+
+
+def test_only_create_makes_a_new_sqlite_file(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    for args in (["list"], ["revoke", "ws_live_abcd"], ["rotate", "ws_live_abcd"]):
+        result = run(*args, "--keys", f"sqlite:{missing}")
+        assert result.exit_code == 2 and "does not exist" in result.stderr and result.stderr.count("\n") == 1
+    assert not missing.exists()
+    assert is_well_formed(create(f"sqlite:{missing}"))

@@ -39,8 +39,10 @@ def _printable(text: str | None) -> str | None:
     return text if text is None or text.isprintable() else repr(text)
 
 
-def _open(url: str) -> KeyStore:
-    return open_key_store(url)
+def _open(url: str, *, create: bool = False) -> KeyStore:
+    # Only `create` may bring a new sqlite file into being: `list` on a mistyped path should say
+    # so, not show an empty table.
+    return open_key_store(url, create=create)
 
 
 def _emit_json(data: Any) -> None:
@@ -93,7 +95,7 @@ def create(
     if not endpoint:
         raise ConfigError("--endpoint is required; pass --endpoint NAME (the endpoint the key may call)")
     now = time.time()
-    store = _open(keys_url)
+    store = _open(keys_url, create=True)
     try:
         key, record = store.create(
             endpoint=endpoint, kind=kind, plan=plan, expires_at=parse_expires(expires, now=now),

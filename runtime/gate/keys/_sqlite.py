@@ -67,9 +67,19 @@ def _row_to_record(row: tuple[Any, ...]) -> KeyRecord:
 
 class SqliteKeyStore:
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Clock = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        create: bool = True,
     ) -> None:
         self.path = Path(path).expanduser()
+        if not create and not self.path.is_file():
+            raise ConfigError(
+                f"keys={'sqlite:' + str(self.path)!r} does not exist; check the path, or mint a key first "
+                "with `warmstart keys create --keys sqlite:PATH --endpoint E`"
+            )
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()

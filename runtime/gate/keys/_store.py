@@ -234,8 +234,9 @@ def rotated_expiry(old: KeyRecord, now: float, expires_at: Expiry) -> float | No
 # Opening a store
 
 
-def open_key_store(url: str, *, clock: Clock = time.time) -> KeyStore:
-    """``sqlite:PATH`` (created with its schema if missing) or ``dynamodb:TABLE``."""
+def open_key_store(url: str, *, clock: Clock = time.time, create: bool = True) -> KeyStore:
+    """``sqlite:PATH`` (created with its schema if missing, unless ``create=False``) or
+    ``dynamodb:TABLE`` (the stack creates the table)."""
     if not isinstance(url, str):
         raise ConfigError(f"keys={url!r} is not a key store; use sqlite:PATH or dynamodb:TABLE")
     scheme, sep, rest = url.partition(":")
@@ -247,7 +248,7 @@ def open_key_store(url: str, *, clock: Clock = time.time) -> KeyStore:
             )
         from runtime.gate.keys._sqlite import SqliteKeyStore
 
-        return SqliteKeyStore(rest, clock=clock)
+        return SqliteKeyStore(rest, clock=clock, create=create)
     if sep and scheme == "dynamodb":
         from runtime.gate.keys._dynamodb import DynamoKeyStore
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import parliament
 import pytest
+from pulumi.runtime import mocks as pmocks
 
 from components.eks_cluster import (
     CA_TEMPLATE,
@@ -25,7 +26,7 @@ from components.eks_deployment import EksDeployment, EksDeploymentArgs, EksSetti
 from runtime.image.cloudinit import WEIGHTS_DEVICE, WEIGHTS_LABEL, WEIGHTS_MOUNT
 from stacks import policy
 from stacks.config import load_stack, parse_stack_config, read_stack_file
-from stacks.preview import Graph
+from stacks.preview import AwsMocks, Graph
 from warmstart.errors import ConfigError
 from warmstart.spec import load_variant, parse_endpoint
 from warmstart.testing.pulumi_harness import Recorder, stack_graph
@@ -222,3 +223,33 @@ def test_preview_cli_renders_the_cluster_deployment() -> None:
             "aws:eks/cluster:Cluster", NODEGROUP, "kubernetes:apps/v1:Deployment",
             "kubernetes:networking.k8s.io/v1:Ingress", "kubernetes:helm.sh/v3:Release",
             "kubernetes:apps/v1:DaemonSet"} <= types
+
+
+class ProviderRecordingMocks(AwsMocks):
+    """The mocked engine also notes which provider instance manages each resource."""
+
+    def __init__(self) -> None:
+        super().__init__("us-east-1")
+        self.provider_of: dict[str, str | None] = {}
+
+    def new_resource(self, args: pmocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        self.provider_of[args.name] = args.provider
+        return super().new_resource(args)
+
+
+def test_every_kubernetes_object_goes_to_the_endpoints_cluster(pulumi_record: Recorder) -> None:
+    """Not to whatever cluster the operator's ambient kubeconfig points at."""
+    ep = parse_endpoint({"name": "chat", "environment": "eks-dev", "variant": "llama31-8b-fp8-l4",
+                         "allow_http": True})
+    mocks = ProviderRecordingMocks()
+
+    def program() -> None:
+        EksDeployment("chat", EksDeploymentArgs(endpoint=ep, variant=load_variant(ep.variant), region="us-east-1",
+                                                image_uri="r/i:1"))
+
+    g = pulumi_record(program, mocks=mocks)
+    k8s_objects = [r.name for r in g if r.type.startswith("kubernetes:")]
+    assert len(k8s_objects) > 15
+    for name in k8s_objects:
+        ref = mocks.provider_of[name]
+        assert ref is not None and "pulumi:providers:kubernetes::chat-eks-k8s::" in ref, (name, ref)

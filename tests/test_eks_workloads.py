@@ -376,3 +376,29 @@ def test_disruption_budgets_cover_both_tiers(docs: list[dict[str, Any]]) -> None
         pdb = one(docs, "PodDisruptionBudget", name)
         assert matches(pdb["spec"]["selector"], pods[name])
         assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_https_when_a_certificate_is_given(pulumi_record: Any) -> None:
+    from components.eks_workloads import EksWorkloads, EksWorkloadsArgs
+    from warmstart.spec import parse_endpoint
+
+    ep = parse_endpoint({"name": "chat", "variant": "llama31-8b-fp8-l4", "domain": "llm.example.com",
+                         "request_timeout_s": 900})
+    cert = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e"
+
+    def program() -> None:
+        EksWorkloads("chat", EksWorkloadsArgs(
+            endpoint=ep, variant=load_variant(ep.variant), image_uri="r/i@sha256:" + "0" * 64,
+            store_url="rediss://cache.example:6379/0", keys_table="t", vpc_cidr="10.40.0.0/16",
+            certificate_arn=cert))
+
+    g = pulumi_record(program)
+    docs = manifests(g)
+    a = one(docs, "Ingress", GATE, "ws-dev-chat")["metadata"]["annotations"]
+    assert a["alb.ingress.kubernetes.io/certificate-arn"] == cert
+    assert a["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert '"HTTPS": 443' in a["alb.ingress.kubernetes.io/listen-ports"]
+    assert "idle_timeout.timeout_seconds=960" in a["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    # An external store: no Valkey in the namespace.
+    assert not [d for d in docs if d["metadata"]["name"] == STORE]
+    assert [e for d in docs for e in validate_manifest(d)] == []

@@ -184,7 +184,7 @@ class Edge(pulumi.ComponentResource):
                     statement(["ssm:GetParameter"], [a[0]], "OwnConfig"),
                     statement(["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
                               [a[1], f"{a[1]}/index/*"], "OwnKeys"),
-                    statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[2]}:*"], "OwnLogs"),
+                    statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[2]}:log-stream:*"], "OwnLogs"),
                     statement(["autoscaling:SetDesiredCapacity"], [a[3]], "WakeOwnReplicas"),
                     # Describe calls have no resource-level permissions in AWS: "*" is the only form.
                     statement(["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeWarmPool",

@@ -91,7 +91,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             f"{name}-policy", role=role.id,
             policy=pulumi.Output.all(args.log_group_arn, asg_arn(args.region, account, asg_name)).apply(
                 lambda a: policy_document([
-                    statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[0]}:*"], "OwnLogs"),
+                    statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[0]}:log-stream:*"], "OwnLogs"),
                     statement(["autoscaling:CompleteLifecycleAction"], [a[1]], "OwnLifecycleHook"),
                     *image_pull_statements(args.image_uri),
                 ])

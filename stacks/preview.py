@@ -97,6 +97,21 @@ def _h(text: str, n: int = 17) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def _arn(t: str, svc: str, region: str, name: str) -> str:
+    """ARNs in each service's real format (policies and validators read them)."""
+    formats = {
+        "aws:cloudwatch/logGroup:LogGroup": f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{name}",
+        "aws:ssm/parameter:Parameter": f"arn:aws:ssm:{region}:{ACCOUNT}:parameter/{name.lstrip('/')}",
+        "aws:dynamodb/table:Table": f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{name}",
+        "aws:iam/role:Role": f"arn:aws:iam::{ACCOUNT}:role/{name}",
+        "aws:iam/instanceProfile:InstanceProfile": f"arn:aws:iam::{ACCOUNT}:instance-profile/{name}",
+        "aws:sns/topic:Topic": f"arn:aws:sns:{region}:{ACCOUNT}:{name}",
+        "aws:autoscaling/group:Group": f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
+                                       f"{_h(name, 8)}:autoScalingGroupName/{name}",
+    }
+    return formats.get(t, f"arn:aws:{svc}:{region}:{ACCOUNT}:{t.rsplit(':', 1)[-1].lower()}/{name}")
+
+
 class AwsMocks(pmocks.Mocks):
     """Plausible provider answers: ids, ARNs, DNS names, AZs, an AMI id, random bytes.
 
@@ -133,7 +148,7 @@ class AwsMocks(pmocks.Mocks):
         state: dict[str, Any] = dict(args.inputs)
         rid = args.resource_id or f"{name}-{_h(t + name, 8)}"
         svc = t.split(":")[1].split("/")[0] if ":" in t else "x"
-        state.setdefault("arn", f"arn:aws:{svc}:{r}:{ACCOUNT}:{t.rsplit(':', 1)[-1].lower()}/{name}")
+        state.setdefault("arn", _arn(t, svc, r, str(args.inputs.get("name") or name)))
         state.setdefault("name", name)
         if t == "aws:lb/loadBalancer:LoadBalancer":
             state.update(dnsName=f"{name}-{_h(name, 8)}.{r}.elb.amazonaws.com", zoneId="Z35SXDOTRQ7X7K",

@@ -127,7 +127,7 @@ def test_replica_role_is_least_privilege() -> None:
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
     assert set(by_sid) == {"OwnLogs", "OwnLifecycleHook", "EcrLogin", "EcrPull"}
     log_arn = g.one("aws:cloudwatch/logGroup:LogGroup", "mon-replicas").outputs["arn"]
-    assert by_sid["OwnLogs"]["Resource"] == [f"{log_arn}:*"]
+    assert by_sid["OwnLogs"]["Resource"] == [f"{log_arn}:log-stream:*"]
     assert by_sid["OwnLifecycleHook"]["Resource"] == [
         "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/ws-prod-chat-replicas"]
     assert by_sid["EcrPull"]["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/warmstart-runtime"]

@@ -103,6 +103,16 @@ def test_break_glass_by_asg_name_needs_no_stack(fleet: Fleet, monkeypatch: pytes
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (1, 4, 1)  # max restored from the tag
     res = run("endpoint", "status", "--asg", fleet.asg_name)
     assert "active (1 replica(s) ready)" in res.output
+    # The log group comes from the group's environment/endpoint tags (the Pulumi program's).
+    logs = fleet.client("logs")
+    logs.create_log_group(logGroupName="/warmstart/dev/chat/replicas")
+    logs.create_log_stream(logGroupName="/warmstart/dev/chat/replicas", logStreamName="s")
+    import time
+
+    logs.put_log_events(logGroupName="/warmstart/dev/chat/replicas", logStreamName="s",
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": "vLLM API server ready"}])
+    res = run("endpoint", "logs", "--asg", fleet.asg_name)
+    assert res.exit_code == 0 and res.output.rstrip().endswith("s vLLM API server ready"), res.output
 
 
 def test_start_after_pulumi_applied_stopped_needs_a_ceiling(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:

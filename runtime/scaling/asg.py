@@ -29,9 +29,6 @@ PHASE_TAG = "warmstart:phase"
 """On a replica instance: loading-weights | warming | ready, written by the replica as it boots."""
 PORT_TAG = "warmstart:port"
 """On the ASG (optional): the engine port replicas listen on; default 8000."""
-VARIANT_TAG = "warmstart:variant"
-ENVIRONMENT_TAG = "warmstart:environment"
-ENDPOINT_TAG = "warmstart:endpoint"
 
 _CAPACITY = re.compile(
     r"InsufficientInstanceCapacity|insufficient capacity|We currently do not have sufficient",

@@ -59,10 +59,15 @@ def target_from_asg(name: str, region: str | None) -> Target:
     """Break-glass: everything from the group and its tags, no stack file and no Pulumi."""
     group = _group(client("autoscaling", region), name, region)
     tags = asgops.group_tags(group)
+
+    def tag(key: str) -> str | None:
+        # The Pulumi program tags resources environment/endpoint/variant (components/base.py).
+        return tags.get(key) or tags.get(f"warmstart:{key}")
+
     return Target(
         asg_name=name, region=region,
-        environment=tags.get(asgops.ENVIRONMENT_TAG), endpoint=tags.get(asgops.ENDPOINT_TAG),
-        variant=tags.get(asgops.VARIANT_TAG), floor=int(group.get("MinSize", 0)),
+        environment=tag("environment"), endpoint=tag("endpoint"),
+        variant=tag("variant"), floor=int(group.get("MinSize", 0)),
     )
 
 

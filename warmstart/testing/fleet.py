@@ -68,8 +68,9 @@ def make_fleet(region: str, *, environment: str = ENV, endpoint: str = ENDPOINT,
         Tags=[
             {"Key": k, "Value": v, "PropagateAtLaunch": True}
             for k, v in (
-                ("warmstart:environment", environment), ("warmstart:endpoint", endpoint),
-                ("warmstart:variant", VARIANT),
+                # as components/base.py standard_tags() tags every resource of an endpoint
+                ("environment", environment), ("endpoint", endpoint), ("variant", VARIANT),
+                ("managed-by", "warmstart"),
             )
         ],
     )

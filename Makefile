@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.warmstart-installed
 
-.PHONY: setup model lint test local local-down bench
+.PHONY: setup model lint test local local-down bench bench-setup
 
 # venv + every dependency (the engine included: the end-to-end tests run real vLLM on the CPU).
 $(STAMP): pyproject.toml
@@ -37,3 +37,16 @@ local: setup model
 # The local model's weight cache (filled in by the replica issue).
 model: setup
 	@true
+
+# The gate benchmark (bench/gate.py): direct vs the gate (memory and redis stores) vs LiteLLM's
+# proxy, one run on this machine. LiteLLM lives in its own venv so its pins never touch .venv.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q 'litellm[proxy]==1.108.7'  # the version in the README's table
+	@touch $@
+
+bench-setup: $(BENCH_VENV)/.installed
+
+bench: setup bench-setup
+	$(BIN)/python -m bench.gate $(BENCH_ARGS)

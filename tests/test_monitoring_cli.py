@@ -181,3 +181,14 @@ def test_unknown_stack_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.M
     res = CliRunner().invoke(metrics, ["--stack", "nope"])
     assert res.exit_code == 2
     assert "stack='nope'" in res.output and "Traceback" not in res.output
+
+
+def test_local_reads_the_url_make_local_wrote(
+    gate_metrics: tuple[GateMetrics, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = gate_metrics
+    (tmp_path / "local.json").write_text(json.dumps({"url": url + "/v1", "api_key": "ws_live_" + "a" * 64}))
+    monkeypatch.setenv("WARMSTART_HOME", str(tmp_path))
+    res = CliRunner().invoke(metrics, ["--local", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["source"] == f"local:{url}/v1"

@@ -25,7 +25,14 @@ from warmstart.monitoring.cost import CostEstimate, PriceTable, estimate
 from warmstart.monitoring.parse import Scrape, Summary, scrape, summarize
 
 DEFAULT_LOCAL_URL = "http://127.0.0.1:8080"
-LOCAL_STATE = Path(".warmstart/local.json")
+
+
+def local_state_path() -> Path:
+    """Where `make local` / `warmstart local up` write local.json: $WARMSTART_HOME, else .warmstart/
+    under the checkout (the local pool's rule, runtime/pool/local.py)."""
+    env = os.environ.get("WARMSTART_HOME")
+    home = Path(env) if env else Path(__file__).resolve().parents[2] / ".warmstart"
+    return home / "local.json"
 
 
 def local_url(explicit: str | None) -> str:
@@ -33,7 +40,7 @@ def local_url(explicit: str | None) -> str:
     if explicit:
         return explicit
     try:
-        data = json.loads(LOCAL_STATE.read_text())
+        data = json.loads(local_state_path().read_text())
         url = data.get("URL") or data.get("url")
         if isinstance(url, str) and url:
             return url

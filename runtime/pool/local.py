@@ -339,7 +339,9 @@ class LocalPool(ReplicaPool):
             self.variant, model_dir=self.weights_dir, host=HOST, port=port, cache_dir=self.compile_cache
         )
         with self._lock:
-            sb = self._standby if (self._standby and self._standby.ready()) else None
+            # A standby still importing is used too: the order waits in its stdin pipe, and it
+            # is already further along than a cold process would be.
+            sb = self._standby if (self._standby and self._standby.proc.poll() is None) else None
             if sb is not None:
                 self._standby = None
         if sb is not None:

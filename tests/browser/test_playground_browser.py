@@ -160,3 +160,20 @@ def test_the_key_never_reaches_the_server_log(chromium: Any, playground_gate: Pl
     log = playground_gate.log()
     assert "/playground" in log or "chat/completions" in log  # the gate did log these requests
     assert key not in log and key[8:40] not in log
+
+
+def test_stop_aborts_the_stream_all_the_way_to_the_engine(
+    chromium: Any, playground_gate: PlaygroundGate
+) -> None:
+    _open(chromium, playground_gate, playground_gate.mint(daily_cap=5))
+    aborted_before = playground_gate.upstream_stats()["aborted"]
+    chromium.find_element(By.ID, "send").click()
+    WebDriverWait(chromium, 20).until(
+        lambda d: len(d.find_element(By.CSS_SELECTOR, "#pane-a .output").get_attribute("textContent")) > 10)
+    chromium.find_element(By.ID, "stop").click()
+    assert _wait_state(chromium, "pane-a", ("stopped", "done", "error")) == "stopped"
+    assert len(chromium.find_element(By.CSS_SELECTOR, "#pane-a .output").get_attribute("textContent")) < len(EXPECTED_TEXT)
+    assert chromium.find_element(By.ID, "send").is_enabled()
+    # The gate closed its upstream connection when the browser went away, so the engine stopped
+    # generating for nobody.
+    WebDriverWait(chromium, 15).until(lambda _: playground_gate.upstream_stats()["aborted"] > aborted_before)

@@ -66,6 +66,7 @@ class PlaygroundGate:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(up_port)
+        self.upstream_url = f"http://127.0.0.1:{up_port}"
         config = gate_config([f"http://127.0.0.1:{up_port}"], keys=f"sqlite:{workdir / 'keys.db'}",
                              endpoint="demo", hold_timeout_s=30)
         try:
@@ -91,6 +92,13 @@ class PlaygroundGate:
 
     def log(self) -> str:
         return self.server.log()
+
+    def upstream_stats(self) -> dict[str, Any]:
+        import json
+
+        with urllib.request.urlopen(f"{self.upstream_url}/_stats", timeout=10) as r:
+            data: dict[str, Any] = json.load(r)
+        return data
 
     def stop(self) -> None:
         self.server.stop()

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runtime.gate.config import GateConfig
 from runtime.pool import k8s as k8s_pool
 from runtime.pool.k8s import STOPPED_ANNOTATION, K8sPool, api_client_from_environment
 from warmstart.errors import ConfigError, OperationError
+from warmstart.spec import replicas_needed
 from warmstart.testing.kube_api import KubeApi, write_kubeconfig
 
 NS, DEP = "warmstart", "vllm"
@@ -293,3 +297,32 @@ def test_a_gate_wakes_the_deployment_and_routes_to_the_ready_pod(
     assert result["r"].choices[0].message.content.startswith("tok0")
     assert [p.body["spec"]["replicas"] for p in kube_api.patches()] == [1]  # one wake, no more
     assert upstream.stats()["completed"] == 1
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 400), st.floats(0, 400, allow_nan=False)), min_size=1, max_size=8))
+def test_demand_never_leaves_the_bounds_or_starves(kube_api: KubeApi, kubeconfig: Path,
+                                                   steps: list[tuple[int, float]]) -> None:
+    """Whatever the demand sequence: replicas stay in [min, max], never fall below what the
+    current demand needs, and only fall after a full idle timeout below capacity."""
+    name = f"vllm-{uuid.uuid4().hex[:8]}"
+    kube_api.add_deployment(NS, name, replicas=0)
+    clock = Clock()
+    p = K8sPool(namespace=NS, deployment=name, cap=30, min_replicas=0, max_replicas=4, idle_timeout_s=300,
+                clock=clock, cache_ttl_s=0)
+    try:
+        low_since: float | None = None
+        before = 0
+        for demand, dt in steps:
+            clock.t += dt
+            p.report_demand(demand)
+            now = kube_api.replicas(NS, name)
+            needed = replicas_needed(demand, 30, 0, 4)
+            assert 0 <= now <= 4
+            assert now >= needed
+            if now < before:
+                assert low_since is not None and clock.t - low_since >= 300
+            low_since = (low_since if low_since is not None else clock.t) if needed < now else None
+            before = now
+    finally:
+        p.close()

@@ -163,6 +163,31 @@ def test_requests_keep_a_flex_endpoint_up_until_a_whole_idle_window(fleet: Fleet
     assert decision is not None and decision.desired == 0
 
 
+def test_a_long_stream_keeps_a_flex_endpoint_up(fleet: Fleet) -> None:
+    from runtime.gate import metrics as gate_metrics
+
+    clock = Clock()
+    pool = pool_for(fleet, clock, metrics_interval_s=3600)
+    pool.report_demand(1)  # one request admitted, then no admission for a long time
+    assert fleet.group()["DesiredCapacity"] == 1
+    gate_metrics.IN_FLIGHT.inc()  # its stream holds a lease in this gate process
+    try:
+        for _ in range(40):  # 40 x 20 s: far past idle_timeout
+            clock.t += 20
+            pool.step()
+        assert fleet.group()["DesiredCapacity"] == 1
+    finally:
+        gate_metrics.IN_FLIGHT.dec()
+    for _ in range(14):  # the stream ended: 280 s of quiet is not yet idle_timeout (300 s)
+        clock.t += 20
+        pool.step()
+    assert fleet.group()["DesiredCapacity"] == 1
+    for _ in range(3):
+        clock.t += 20
+        pool.step()
+    assert fleet.group()["DesiredCapacity"] == 0
+
+
 def test_active_never_goes_below_min_replicas(fleet: Fleet) -> None:
     clock = Clock()
     pool = pool_for(fleet, clock, min_replicas=2)

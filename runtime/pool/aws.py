@@ -79,6 +79,15 @@ def _gate_counts() -> dict[str, float]:
     return out
 
 
+def _gate_in_flight() -> int:
+    """Requests this gate process holds leases for (streams included), from the gate's gauge."""
+    try:
+        from runtime.gate import metrics as gate_metrics
+    except ImportError:
+        return 0
+    return int(sum(s.value for family in gate_metrics.IN_FLIGHT.collect() for s in family.samples))
+
+
 def replica_phase(lifecycle_state: str, health: str, phase_tag: str | None) -> str | None:
     """The phase a human sees (see the module docstring); None for warm-pool and gone instances."""
     if lifecycle_state.startswith("Warmed:") or lifecycle_state in ("Terminated", "Detached"):
@@ -154,6 +163,7 @@ class AwsPool(ReplicaPool):
         self._counted: dict[str, float] = {}
         self._handled_activity: str | None = None
         self._stop = threading.Event()
+        self._next_tick = self._next_metrics = clock()
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._run, name="aws-pool", daemon=True)
@@ -335,22 +345,30 @@ class AwsPool(ReplicaPool):
 
     # -- background -------------------------------------------------------------------------------
 
+    def step(self) -> None:
+        """One round of the background loop (the loop calls it every discovery_ttl_s)."""
+        now = self._clock()
+        self.refresh()
+        # The gate reports demand when it admits; a long stream admitted minutes ago is demand
+        # too. Recording this process's live leases keeps a busy endpoint out of the idle rule.
+        live = _gate_in_flight()
+        if live > 0:
+            self.controller.observe(live)
+        if now >= self._next_tick:
+            self._next_tick = now + self.tick_interval_s
+            decision = self.controller.tick()
+            if decision is not None:
+                self._note_desired(decision.desired)
+            if self._snap.growing:
+                self.check_capacity()
+        if now >= self._next_metrics:
+            self._next_metrics = now + self.metrics_interval_s
+            self.publish_metrics()
+
     def _run(self) -> None:
-        next_tick = next_metrics = self._clock()
         while not self._stop.is_set():
-            now = self._clock()
             try:
-                self.refresh()
-                if now >= next_tick:
-                    next_tick = now + self.tick_interval_s
-                    decision = self.controller.tick()
-                    if decision is not None:
-                        self._note_desired(decision.desired)
-                    if self._snap.growing:
-                        self.check_capacity()
-                if now >= next_metrics:
-                    next_metrics = now + self.metrics_interval_s
-                    self.publish_metrics()
+                self.step()
             except (BotoCoreError, ClientError, RedisError, OSError) as e:
                 log.warning("%s: pool refresh failed (serving from the last view): %s", self.asg_name, e)
             except Exception:  # the thread must survive a bad response; the gate keeps routing

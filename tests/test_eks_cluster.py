@@ -253,3 +253,16 @@ def test_every_kubernetes_object_goes_to_the_endpoints_cluster(pulumi_record: Re
     for name in k8s_objects:
         ref = mocks.provider_of[name]
         assert ref is not None and "pulumi:providers:kubernetes::chat-eks-k8s::" in ref, (name, ref)
+
+
+def test_preview_reports_a_bad_eks_setting_in_one_line(tmp_path: Any) -> None:
+    from stacks.config import stack_file
+
+    text = stack_file(STACK).read_text().replace("systemInstanceType:", "systemInstanceTyp:")
+    (tmp_path / f"Pulumi.{STACK}.yaml").write_text(text)
+    out = subprocess.run([sys.executable, "-m", "warmstart", "preview", "--stack", STACK, "--stack-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: warmstart:eks.systemInstanceTyp is not a known setting; use one of clusterName, kubernetesVersion, "
+        "publicApiCidrs, systemInstanceType, storeUrl, certificateArn"]

@@ -240,3 +240,37 @@ def test_metrics_subcommand_is_registered_lazily(monkeypatch: pytest.MonkeyPatch
     res = CliRunner().invoke(cli, ["endpoint", "metrics", "--stack", "dev"])
     assert res.exit_code == 2
     assert res.stderr == "error: `endpoint metrics` is not installed in this build (warmstart.monitoring is missing)\n"
+
+
+def test_change_gpu_on_a_mixed_instances_group_rewrites_the_overrides(aws_env: str, aws_calls: Any) -> None:
+    import boto3
+
+    from warmstart.testing.moto_server import REGION
+
+    refreshes = aws_calls("autoscaling", "StartInstanceRefresh", {"InstanceRefreshId": "refresh-2"})
+    ec2 = boto3.client("ec2", region_name=REGION)
+    asg = boto3.client("autoscaling", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.0.0/24", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    lt = ec2.create_launch_template(LaunchTemplateName="mixed",
+                                    LaunchTemplateData={"ImageId": "ami-12c6146b"})["LaunchTemplate"]["LaunchTemplateId"]
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="mixed", MinSize=0, MaxSize=2, DesiredCapacity=1, VPCZoneIdentifier=subnet,
+        MixedInstancesPolicy={"LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateId": lt, "Version": "1"},
+            "Overrides": [{"InstanceType": "g6.xlarge"}, {"InstanceType": "g5.xlarge"}],
+        }},
+        Tags=[{"Key": "variant", "Value": "llama31-8b-fp8-l4", "PropagateAtLaunch": False}],
+    )
+    change = ops.change_gpu(ops.target_from_asg("mixed", REGION), "g6e.xlarge")
+    assert (change.previous, change.instance_type, change.version) == ("g6.xlarge", "g6e.xlarge", 2)
+    group = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["mixed"])["AutoScalingGroups"][0]
+    spec = group["MixedInstancesPolicy"]["LaunchTemplate"]
+    assert spec["LaunchTemplateSpecification"]["Version"] == "2"
+    # the new type first, then the variant's fallbacks
+    assert [o["InstanceType"] for o in spec["Overrides"]] == ["g6e.xlarge", "g5.xlarge"]
+    (call,) = refreshes.of("StartInstanceRefresh")
+    assert call["DesiredConfiguration"] == {"MixedInstancesPolicy": {"LaunchTemplate": {
+        "LaunchTemplateSpecification": {"LaunchTemplateId": lt, "Version": "2"},
+        "Overrides": [{"InstanceType": "g6e.xlarge"}, {"InstanceType": "g5.xlarge"}],
+    }}}

@@ -78,6 +78,7 @@ from pulumi_kubernetes.rbac.v1 import PolicyRuleArgs, RoleRefArgs, SubjectArgs
 
 from runtime.gate.config import GateConfig, PoolConfig
 from runtime.image.cloudinit import CACHE_DIR, GATE_COMMAND, GATE_CONFIG, GATE_PORT, MODEL_DIR, engine_command
+from runtime.pool.k8s import STOPPED_ANNOTATION
 from runtime.replica.launcher import DEFAULT_PORT
 from warmstart import naming
 from warmstart.spec import GPU_INSTANCES, EndpointConfig, Variant
@@ -258,7 +259,7 @@ class EksWorkloads(pulumi.ComponentResource):
         ]
         vllm = k8s.apps.v1.Deployment(
             f"{name}-vllm",
-            metadata=meta(VLLM, vllm_labels),
+            metadata=meta(VLLM, vllm_labels, {STOPPED_ANNOTATION: "true"} if ep.stopped else None),
             spec=DeploymentSpecArgs(
                 replicas=0 if ep.stopped else ep.min_replicas,
                 selector=LabelSelectorArgs(match_labels={APP_LABEL: VLLM}),
@@ -325,7 +326,10 @@ class EksWorkloads(pulumi.ComponentResource):
                 ),
             ),
             # The gate owns the replica count (scale subresource); a `pulumi up` must not undo it.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[ns], ignore_changes=["spec.replicas"]),
+            # Stopped is the exception: the deploy itself takes the replicas to zero (and the
+            # annotation tells the gate's pool never to wake them), like the EC2 group's max 0.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ns],
+                                        ignore_changes=[] if ep.stopped else ["spec.replicas"]),
         )
         k8s.core.v1.Service(
             f"{name}-vllm-svc",

@@ -402,3 +402,27 @@ def test_https_when_a_certificate_is_given(pulumi_record: Any) -> None:
     # An external store: no Valkey in the namespace.
     assert not [d for d in docs if d["metadata"]["name"] == STORE]
     assert [e for d in docs for e in validate_manifest(d)] == []
+
+
+def test_a_stopped_endpoint_is_scaled_to_zero_by_the_deploy(pulumi_record: Any) -> None:
+    from components.eks_workloads import EksWorkloads, EksWorkloadsArgs
+    from runtime.pool.k8s import STOPPED_ANNOTATION
+    from warmstart.spec import parse_endpoint
+
+    def render(stopped: bool) -> Graph:
+        ep = parse_endpoint({"name": "chat", "variant": "llama31-8b-fp8-l4", "allow_http": True, "plan": "team",
+                             "mode": "active", "min_replicas": 1, "stopped": stopped})
+
+        def program() -> None:
+            EksWorkloads("chat", EksWorkloadsArgs(
+                endpoint=ep, variant=load_variant(ep.variant), image_uri="r/i:1", store_url="redis://r:6379/0",
+                keys_table="t", vpc_cidr="10.40.0.0/16"))
+
+        return pulumi_record(program)
+
+    running = render(False).one("kubernetes:apps/v1:Deployment", "-vllm")
+    stopped = render(True).one("kubernetes:apps/v1:Deployment", "-vllm")
+    assert running.inputs["spec"]["replicas"] == 1 and running.options["ignore_changes"] == ["spec.replicas"]
+    assert stopped.inputs["spec"]["replicas"] == 0 and stopped.options["ignore_changes"] == []
+    assert stopped.inputs["metadata"]["annotations"] == {STOPPED_ANNOTATION: "true"}
+    assert STOPPED_ANNOTATION not in (running.inputs["metadata"].get("annotations") or {})

@@ -130,3 +130,53 @@ def test_missing_weights_volume_abandons(host: Ec2Host, tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "weights volume not found" in res.stderr
     assert [a["LifecycleActionResult"] for a in host.actions] == ["ABANDON"]
+
+
+SYSTEMCTL = """#!/bin/bash
+# systemd stand-in for the test: start/stop the one unit the hook drives, as a background process.
+set -eu
+unit="$2"
+[ "$unit" = "warmstart-replica.service" ]
+case "$1" in
+  start) setsid bash "$RUN_DIR/engine.sh" >"$RUN_DIR/engine.log" 2>&1 & echo $! >"$RUN_DIR/engine.pid" ;;
+  stop) kill -- -"$(cat "$RUN_DIR/engine.pid")" 2>/dev/null || true; echo stopped >>"$RUN_DIR/units.log" ;;
+esac
+"""
+
+
+def test_engine_warm_up_renders_the_address_waits_for_health_and_stops(host: Ec2Host, tmp_path: Path) -> None:
+    import sys
+
+    from warmstart.testing.net import free_port
+
+    port = free_port()
+    run_dir = tmp_path / "run"
+    template = tmp_path / "engine.sh.tpl"
+    # The engine template as cloud-init ships it, with the deterministic upstream standing in for vLLM.
+    template.write_text(f"#!/bin/bash\nexec {sys.executable} -m warmstart.testing.upstream "
+                        f"--host @PRIVATE_IPV4@ --port {port}\n")
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(SYSTEMCTL)
+    systemctl.chmod(0o755)
+    volume = tmp_path / "weights.img"
+    volume.write_bytes(os.urandom(1024 * 1024))
+    env_file = tmp_path / "boot.env"
+    env_file.write_text(
+        "REGION=us-east-1\nASG_NAME=ws-dev-chat-replicas\nLAUNCH_HOOK_NAME=warmstart-launch\n"
+        f"ENGINE_PORT={port}\nRUN_DIR={run_dir}\nENGINE_TEMPLATE={template}\n"
+    )
+    if shutil.which("aws") is None:
+        pytest.skip("the AWS CLI is not installed; the hook completes the lifecycle action with it")
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "RUN_DIR": str(run_dir),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "WARMSTART_BOOT_ENV": str(env_file), "WARMSTART_IMDS": host.url, "WARMSTART_SYSTEMCTL": str(systemctl),
+        "WEIGHTS_DEVICE": str(volume), "WARM_ENGINE": "1", "READY_WAIT_TRIES": "24",
+        "AWS_ENDPOINT_URL": host.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    res = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert "engine answered /health; stopping it" in res.stderr
+    assert "--host 127.0.0.1" in (run_dir / "engine.sh").read_text()  # this boot's address, from IMDS
+    assert (run_dir / "units.log").read_text() == "stopped\n"
+    assert [a["LifecycleActionResult"] for a in host.actions] == ["CONTINUE"]

@@ -9,4 +9,5 @@ pytest_plugins = [
     "warmstart.testing.kube_api",
     "warmstart.testing.upstream",
     "warmstart.testing.gate_server",
+    "warmstart.testing.vllm_server",
 ]

@@ -306,6 +306,12 @@ class LocalPool(ReplicaPool):
             self._event("crashed", r, exit_code=code)
             log.warning("replica %s (pid %s) exited with %s; replacing it while demand lasts", r.id, r.proc.pid, code)
             kill_group(r.proc.pid, grace_s=2)  # its EngineCore/worker, if they outlived it
+            if r.state == "ready":
+                # It was serving: replace it, and keep the replacement for an idle window even if
+                # no new request arrives meanwhile (the crash is not the end of the demand).
+                with self._lock:
+                    live = sum(1 for x in self._replicas.values() if not x.stopping)
+                    self._demand.append((time.monotonic(), live + 1))
             if r.state != "ready":
                 with self._lock:
                     self._failures += 1

@@ -29,13 +29,16 @@ def local() -> None:
 @click.option("--max-replicas", default=2, show_default=True, type=click.IntRange(1, 8))
 @click.option("--standby/--no-standby", default=True, show_default=True,
               help="keep a pre-imported vLLM process for Instant Start")
+@click.option("--keepalive-interval", "keepalive_s", default=5.0, show_default=True,
+              type=click.FloatRange(min=0.1, max=15), help="SSE keep-alive period while a request waits")
 @click.option("--no-wait", is_flag=True, help="print URL and key before the first replica is ready")
 @click.option("--detach", is_flag=True, help="return once up; stop later with `warmstart local down`")
 def up(variant: str, port: int, home: Path | None, idle_timeout_s: float, max_replicas: int,
-       standby: bool, no_wait: bool, detach: bool) -> None:
+       standby: bool, keepalive_s: float, no_wait: bool, detach: bool) -> None:
     """Start gate + local pool; print URL= and API_KEY= (also in .warmstart/local.json)."""
     s = embedded.LocalSettings(variant=variant, port=port, home=home, idle_timeout_s=idle_timeout_s,
-                               max_replicas=max_replicas, standby=standby)
+                               max_replicas=max_replicas, standby=standby,
+                               keepalive_interval_s=keepalive_s)
     info, proc = embedded.up(s, progress=_say, wait_ready=not no_wait)
     click.echo(f"URL={info['url']}")
     click.echo(f"API_KEY={info['api_key']}")

@@ -91,6 +91,7 @@ class EksClusterArgs:
     system_instance_type: str = "m7i.large"
     system_nodes: int = 1
     existing_cluster_name: str | None = None
+    kubeconfig: pulumi.Input[str] | None = None  # an adopted cluster's own kubeconfig (else `aws eks get-token`)
     kubernetes_version: str = KUBERNETES_VERSION
     public_api_cidrs: Sequence[str] = ()
     tags: Tags = field(default_factory=dict)
@@ -395,7 +396,7 @@ class EksCluster(pulumi.ComponentResource):
             )
 
         # -- Kubernetes --------------------------------------------------------------------
-        kubeconfig = pulumi.Output.all(cluster_name, api_endpoint, ca_data).apply(
+        kubeconfig: pulumi.Input[str] = args.kubeconfig or pulumi.Output.all(cluster_name, api_endpoint, ca_data).apply(
             lambda a: _kubeconfig(str(a[0]), a[1], a[2], args.region))
         self.provider = k8s.Provider(
             f"{name}-k8s", kubeconfig=kubeconfig, enable_server_side_apply=True,

@@ -11,6 +11,7 @@ dashboard_url, variant), so the stack program treats both substrates alike.
 EKS-only settings come from the stack config key `warmstart:eks` (a mapping, all optional):
 
     clusterName        adopt this existing EKS cluster instead of creating one
+    kubeconfig         with clusterName: a kubeconfig file to reach it (default: `aws eks get-token`)
     kubernetesVersion  control plane version of a created cluster (default 1.33)
     publicApiCidrs     CIDRs that may reach a created cluster's API (default: private only)
     systemInstanceType CPU node type for the gate and controllers (default m7i.large)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -36,7 +38,7 @@ from warmstart.errors import ConfigError
 from warmstart.spec import EndpointConfig, Variant
 
 EKS_KEYS: dict[str, type] = {
-    "clusterName": str, "kubernetesVersion": str, "publicApiCidrs": list, "systemInstanceType": str,
+    "clusterName": str, "kubeconfig": str, "kubernetesVersion": str, "publicApiCidrs": list, "systemInstanceType": str,
     "storeUrl": str, "certificateArn": str,
 }
 
@@ -44,6 +46,7 @@ EKS_KEYS: dict[str, type] = {
 @dataclass(frozen=True)
 class EksSettings:
     cluster_name: str | None = None
+    kubeconfig: str | None = None  # the file's content, read when the settings are parsed
     kubernetes_version: str = "1.33"
     public_api_cidrs: tuple[str, ...] = ()
     system_instance_type: str = "m7i.large"
@@ -68,8 +71,18 @@ class EksSettings:
         store = raw.get("storeUrl")
         if store is not None and not str(store).startswith(("redis://", "rediss://")):
             raise ConfigError(f"{source}.storeUrl={store!r} is not a Redis URL; use redis://HOST:PORT/DB")
+        kubeconfig = None
+        if "kubeconfig" in raw:
+            if "clusterName" not in raw:
+                raise ConfigError(f"{source}.kubeconfig is for an adopted cluster; set {source}.clusterName too")
+            path = Path(str(raw["kubeconfig"])).expanduser()
+            try:
+                kubeconfig = path.read_text()
+            except OSError as e:
+                raise ConfigError(f"{source}.kubeconfig={str(path)!r} cannot be read ({e.strerror}); fix the path") from None
         return cls(
             cluster_name=raw.get("clusterName"),
+            kubeconfig=kubeconfig,
             kubernetes_version=str(raw.get("kubernetesVersion", "1.33")),
             public_api_cidrs=cidrs,
             system_instance_type=str(raw.get("systemInstanceType", "m7i.large")),
@@ -123,6 +136,7 @@ class EksDeployment(pulumi.ComponentResource):
             max_replicas=0 if ep.stopped else ep.max_replicas,
             system_instance_type=s.system_instance_type, system_nodes=ep.gate_instances,
             existing_cluster_name=s.cluster_name, kubernetes_version=s.kubernetes_version,
+            kubeconfig=pulumi.Output.secret(s.kubeconfig) if s.kubeconfig else None,
             public_api_cidrs=s.public_api_cidrs, tags=tags,
         ), opts=child(self))
         workloads = EksWorkloads(f"{name}-k8s", EksWorkloadsArgs(

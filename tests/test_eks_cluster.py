@@ -266,3 +266,24 @@ def test_preview_reports_a_bad_eks_setting_in_one_line(tmp_path: Any) -> None:
     assert out.stderr.strip().splitlines() == [
         "error: warmstart:eks.systemInstanceTyp is not a known setting; use one of clusterName, kubernetesVersion, "
         "publicApiCidrs, systemInstanceType, storeUrl, certificateArn"]
+
+
+def test_an_adopted_cluster_can_bring_its_own_kubeconfig(pulumi_record: Recorder, tmp_path: Any) -> None:
+    from warmstart.testing.k8s_manifests import unsecret
+    from warmstart.testing.kube_api import write_kubeconfig
+
+    path = write_kubeconfig(tmp_path / "kubeconfig", "https://platform.example:6443", token="t")
+    settings = EksSettings.parse({"clusterName": "platform-prod", "kubeconfig": str(path)})
+    ep = parse_endpoint({"name": "chat", "variant": "llama31-8b-fp8-l4", "allow_http": True})
+
+    def program() -> None:
+        EksDeployment("chat", EksDeploymentArgs(endpoint=ep, variant=load_variant(ep.variant), region="us-east-1",
+                                                image_uri="r/i:1", eks=settings))
+
+    g = pulumi_record(program)
+    prov = g.one("pulumi:providers:kubernetes")
+    assert unsecret(prov.inputs["kubeconfig"]) == path.read_text()
+    with pytest.raises(ConfigError, match="kubeconfig is for an adopted cluster; set warmstart:eks.clusterName"):
+        EksSettings.parse({"kubeconfig": str(path)})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        EksSettings.parse({"clusterName": "c", "kubeconfig": str(tmp_path / "missing")})

@@ -264,8 +264,8 @@ def test_preview_reports_a_bad_eks_setting_in_one_line(tmp_path: Any) -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "error: warmstart:eks.systemInstanceTyp is not a known setting; use one of clusterName, kubernetesVersion, "
-        "publicApiCidrs, systemInstanceType, storeUrl, certificateArn"]
+        "error: warmstart:eks.systemInstanceTyp is not a known setting; use one of clusterName, kubeconfig, "
+        "kubernetesVersion, publicApiCidrs, systemInstanceType, storeUrl, certificateArn"]
 
 
 def test_an_adopted_cluster_can_bring_its_own_kubeconfig(pulumi_record: Recorder, tmp_path: Any) -> None:

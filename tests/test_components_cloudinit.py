@@ -109,7 +109,9 @@ def _boot(tmp_path: Path, imds_port: int, state: str, scripts: dict[str, str]) -
     for cmd in ("docker", "aws", "systemctl"):
         shim = shims / cmd
         shim.write_text(f'#!/bin/bash\nprintf "%q " {cmd} "$@" >> {log}\necho >> {log}\n'
-                        + ("echo ecr-password\n" if cmd == "aws" else ""))
+                        + ("echo ecr-password\n" if cmd == "aws" else "")
+                        # like docker login --password-stdin: read the password the pipe sends
+                        + ('if [[ " $* " == *" --password-stdin "* ]]; then cat > /dev/null; fi\n' if cmd == "docker" else ""))
         shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "WARMSTART_BOOT_ENV": str(env_file),
            "WARMSTART_IMDS": f"http://{IP}:{imds_port}", "WARMSTART_SYSTEMCTL": str(shims / "systemctl"),
@@ -189,4 +191,5 @@ def test_gate_user_data() -> None:
     exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv[argv.index(IMAGE) + 1:] == list(cloudinit.GATE_COMMAND)
+    assert "AWS_REGION=us-east-1" in argv[:argv.index(IMAGE)]
     assert [f"{cloudinit.BIN_DIR}/gate-boot.sh"] in doc["runcmd"]

@@ -226,6 +226,8 @@ class GateUserData:
             "/usr/bin/docker", "run", "--rm", "--name", GATE_CONTAINER, "--entrypoint", "", "--network", "host",
             "-v", f"{GATE_CONFIG}:{GATE_CONFIG}:ro",
             *_awslogs(self.region, self.log_group, f"gate-{instance_id}"),
+            # boto3 (key table, ASG, CloudWatch) takes credentials from IMDS but not the region.
+            "-e", f"AWS_REGION={self.region}", "-e", f"AWS_DEFAULT_REGION={self.region}",
             self.image_uri, *GATE_COMMAND,
         ]
 

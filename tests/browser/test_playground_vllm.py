@@ -13,17 +13,22 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from warmstart.monitoring.cli import metrics
-from warmstart.testing.playground import VllmGate
+from warmstart.testing.gate_server import GateFactory
+from warmstart.testing.vllm_server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_real_model_answers_in_the_playground(chromium: Any, vllm_gate: VllmGate, artifacts_dir: Path) -> None:
-    key = vllm_gate.mint(daily_cap=100)
+def test_a_real_model_answers_in_the_playground(
+    chromium: Any, vllm_server: VllmServer, gate_factory: GateFactory, artifacts_dir: Path
+) -> None:
+    # The session's shared vLLM server (warmstart.testing.vllm_server) behind the real gate.
+    gate = gate_factory(upstreams=[vllm_server.url], served_name=vllm_server.served_name, hold_timeout_s=120)
+    key = gate.mint(kind="playground", daily_cap=100)
     chromium.get("about:blank")
-    chromium.get(f"{vllm_gate.url}/playground#key={key}")
+    chromium.get(f"{gate.url}/playground#key={key}")
     WebDriverWait(chromium, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pane-a option")) >= 2)
-    assert chromium.find_element(By.CSS_SELECTOR, "#pane-a select").get_attribute("value") == vllm_gate.served_name
+    assert chromium.find_element(By.CSS_SELECTOR, "#pane-a select").get_attribute("value") == vllm_server.served_name
     chromium.execute_script("""
       window.__lens = [];
       const pane = document.getElementById('pane-a');
@@ -49,8 +54,8 @@ def test_a_real_model_answers_in_the_playground(chromium: Any, vllm_gate: VllmGa
     assert float(pane.find_element(By.CSS_SELECTOR, ".tps").text) > 0
     assert chromium.find_element(By.ID, "remaining").text == "99"
 
-    res = CliRunner().invoke(metrics, ["--local", "--url", vllm_gate.url])
+    res = CliRunner().invoke(metrics, ["--local", "--url", gate.url])
     assert res.exit_code == 0, res.output
     (artifacts_dir / "metrics-vllm.txt").write_text(res.output)
-    d = json.loads(CliRunner().invoke(metrics, ["--local", "--url", vllm_gate.url, "--json"]).output)
+    d = json.loads(CliRunner().invoke(metrics, ["--local", "--url", gate.url, "--json"]).output)
     assert d["requests"] == 1 and d["tokens_out"] == completion and d["replicas_ready"] == 1

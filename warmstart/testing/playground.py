@@ -49,7 +49,7 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 
 
 class PlaygroundGate:
-    """The gate engineers' GateServer (gunicorn, real socket) with its own slow upstream."""
+    """The gate engineer's GateServer (gunicorn, real socket) with its own slow upstream."""
 
     served_name = "test-model"
 
@@ -148,81 +148,3 @@ def chromium() -> Iterator[Any]:
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
-
-# ---- real vLLM ----------------------------------------------------------------------------------
-
-LOCAL_VARIANT = "smollm2-135m-cpu"
-
-
-class VllmGate:
-    """Real vLLM (the local variant, on the CPU) behind the gate under gunicorn."""
-
-    def __init__(self, workdir: Path, startup_timeout: float = 600.0) -> None:
-        from runtime.replica.launcher import build_command
-        from runtime.replica.weights import cache_dir_for, ensure
-        from warmstart.spec import load_variant
-        from warmstart.testing.gate_server import GateServer, gate_config
-
-        variant = load_variant(LOCAL_VARIANT)
-        self.served_name = variant.served_name
-        model_dir = ensure(variant.model, cache_dir_for(variant.model), progress=lambda _msg: None)
-        port = free_port()
-        cmd = build_command(variant, model_dir=model_dir, host="127.0.0.1", port=port)
-        self.vllm_log = workdir / "vllm.log"
-        with self.vllm_log.open("wb") as log:
-            self._vllm = subprocess.Popen(
-                list(cmd.argv), env={**os.environ, **cmd.env, "HF_HUB_OFFLINE": "1"},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.vllm_url = f"http://127.0.0.1:{port}"
-        try:
-            self._wait_vllm(startup_timeout)
-            config = gate_config([self.vllm_url], keys=f"sqlite:{workdir / 'keys.db'}", endpoint="local",
-                                 served_name=self.served_name, hold_timeout_s=120, keepalive_interval_s=1)
-            self.server = GateServer(workdir, config, workers=1)
-        except BaseException:
-            self._kill_vllm()
-            raise
-
-    def _wait_vllm(self, timeout: float) -> None:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._vllm.poll() is not None:
-                raise RuntimeError(f"vLLM exited ({self._vllm.returncode}):\n{self.vllm_log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.vllm_url}/v1/models", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"vLLM not ready after {timeout:.0f}s:\n{self.vllm_log.read_text()[-4000:]}")
-
-    def _kill_vllm(self) -> None:
-        if self._vllm.poll() is None:
-            os.killpg(self._vllm.pid, signal.SIGTERM)
-            try:
-                self._vllm.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._vllm.pid, signal.SIGKILL)
-                self._vllm.wait()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def mint(self, *, kind: str = "playground", daily_cap: int | None = None) -> str:
-        return self.server.mint(kind=kind, daily_cap=daily_cap)
-
-    def stop(self) -> None:
-        self.server.stop()
-        self._kill_vllm()
-
-
-@pytest.fixture(scope="session")
-def vllm_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmGate]:
-    gate = VllmGate(tmp_path_factory.mktemp("vllm-gate"))
-    yield gate
-    gate.stop()

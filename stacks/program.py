@@ -7,13 +7,16 @@ also at the top level: endpoint_url, api_key (a Pulumi secret), dashboard_url, v
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pulumi
 
 from components.deployment import Deployment, DeploymentArgs
-from components.eks_deployment import EksDeployment, EksDeploymentArgs, eks_settings_from_pulumi
 from stacks.config import StackConfig, from_pulumi
 from warmstart.spec import EndpointConfig
+
+if TYPE_CHECKING:
+    from components.eks_deployment import EksDeployment
 
 
 def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
@@ -22,6 +25,10 @@ def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
 
 
 def _eks(cfg: StackConfig, ep: EndpointConfig) -> EksDeployment:
+    # Imported only for EKS stacks: pulumi-kubernetes and the EKS components take seconds to
+    # import, and the EC2 preview should not pay for them.
+    from components.eks_deployment import EksDeployment, EksDeploymentArgs, eks_settings_from_pulumi
+
     return EksDeployment(ep.name, EksDeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
                                                     image_uri=cfg.image_for(ep), eks=eks_settings_from_pulumi()))
 

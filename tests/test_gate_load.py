@@ -1,7 +1,9 @@
 """The gate under concurrency: exact budgets, disconnects, and a worker killed mid-stream.
 
 Clients are raw asyncio sockets (cheap enough for 1,000 on two shared cores); the gate runs
-under real gunicorn with the Redis store; the deterministic upstream counts what it saw.
+under real gunicorn with the Redis store; the deterministic upstream counts what it saw. Streams
+are made longer than the test so that nothing depends on timing: each test waits for a state
+(counts), never for a duration.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from warmstart.testing.gate_server import GateServer, gate_config
 from warmstart.testing.upstream import UpstreamProcess
 
 pytestmark = pytest.mark.slow
+ENDLESS = {"tokens": 5000, "interval_ms": 20}  # 100 s: outlives every test here
 
 
 def request_bytes(key: str, ws_test: dict[str, float]) -> bytes:
@@ -31,33 +34,59 @@ def request_bytes(key: str, ws_test: dict[str, float]) -> bytes:
             b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-async def full_stream(port: int, req: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(req)
-    data = await reader.read()  # Connection: close → until EOF
-    writer.close()
-    return int(data[9:12]), data
+class Client:
+    """One raw HTTP client: status, whether a token arrived, and an abort() for the test to pull."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body = b""
+        self.got_token = asyncio.Event()
+        self.ended = asyncio.Event()  # EOF from the gate
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int, req: bytes) -> None:
+        reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.write(req)
+        try:
+            while chunk := await reader.read(65536):
+                self.body += chunk
+                self.status = self.status or int(self.body[9:12])
+                if b"data: " in chunk:
+                    self.got_token.set()
+        except ConnectionError:
+            pass
+        finally:
+            self.ended.set()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()  # RST, like a killed client
 
 
-def complete(raw: bytes) -> bool:
-    """A whole SSE response: the last event and the closing zero-length chunk."""
-    return b"data: [DONE]\n\n" in raw and raw.endswith(b"\r\n0\r\n\r\n")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        await asyncio.sleep(0.1)
 
 
-def leases(gate: GateServer) -> tuple[int, dict[str, str]]:
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    asyncio.run(until(cond, timeout, what))
+
+
+def leases(gate: GateServer) -> int:
     r = redis.Redis.from_url(gate.config["store"], decode_responses=True)
-    tag = f"{{ws:{gate.endpoint}}}"
     try:
-        per = {k: v for k, v in r.hgetall(f"{tag}:replicas").items() if v != "0"}
-        return int(r.zcard(f"{tag}:leases")), per
+        return int(r.zcard(f"{{ws:{gate.endpoint}}}:leases"))
+    finally:
+        r.close()
+
+
+def replica_counts(gate: GateServer) -> dict[str, str]:
+    r = redis.Redis.from_url(gate.config["store"], decode_responses=True)
+    try:
+        return {k: v for k, v in r.hgetall(f"{{ws:{gate.endpoint}}}:replicas").items() if v != "0"}
     finally:
         r.close()
 
@@ -66,23 +95,29 @@ def test_500_streams_against_a_budget_of_240(tmp_path: Path, upstream: UpstreamP
     gate = GateServer(tmp_path, gate_config([upstream.url], f"sqlite:{tmp_path / 'k.db'}", store=redis_url,
                                             plan="pro", replica_cap=240), workers=2)
     try:
-        req = request_bytes(gate.mint(), {"tokens": 80, "interval_ms": 50})  # ~4 s per stream
+        req = request_bytes(gate.mint(), ENDLESS)
+        clients = [Client() for _ in range(500)]
 
-        async def run() -> list[tuple[int, bytes]]:
-            return await asyncio.gather(*(full_stream(gate.port, req) for _ in range(500)))
+        async def run() -> None:
+            tasks = [asyncio.ensure_future(c.run(gate.port, req)) for c in clients]
+            await until(lambda: sum(c.got_token.is_set() for c in clients) == 240
+                        and sum(c.ended.is_set() for c in clients) == 260, 120, "240 streams and 260 refusals")
+            # Nothing frees a slot (the streams outlive the test), so this is the steady state:
+            assert upstream.stats()["active"] == 240
+            for c in clients:
+                c.abort()
+            await asyncio.gather(*tasks)
 
-        results = asyncio.run(run())
-        statuses = [s for s, _ in results]
-        ok = [d for s, d in results if s == 200]
-        stats = upstream.stats()
-        assert stats["max_active"] == 240  # exactly the budget, never more, at any moment
-        assert len(ok) >= 240 and statuses.count(200) + statuses.count(429) == 500
-        assert all(complete(d) for d in ok)
-        assert all(b"concurrency_limit_exceeded" in d and b"retry-after-ms" in d.lower()
-                   for s, d in results if s == 429)
-        wait_for(lambda: leases(gate) == (0, {}), 30, "leases to drain")
+        asyncio.run(run())
+        refused = [c for c in clients if not c.got_token.is_set()]
+        assert all(c.status == 429 and b"concurrency_limit_exceeded" in c.body and b"retry-after-ms" in c.body.lower()
+                   for c in refused)
+        assert all(c.status == 200 for c in clients if c.got_token.is_set())
+        assert upstream.stats()["max_active"] == 240  # never more, at any moment
+        wait_for(lambda: upstream.stats()["aborted"] == 240, 60, "the upstream to see 240 aborts")
+        wait_for(lambda: leases(gate) == 0 and replica_counts(gate) == {}, 30, "leases to drain")
         assert gate.metric("ws_lease_leaks_total") == 0
-        assert gate.metric("ws_rejections_total", status="429", reason="budget") == statuses.count(429)
+        assert gate.metric("ws_rejections_total", status="429", reason="budget") == 260
     finally:
         gate.stop()
 
@@ -94,55 +129,42 @@ def test_1000_disconnects_mid_stream_and_before_first_token(
                                             plan="enterprise", replica_cap=1000), workers=2)
     try:
         key = gate.mint()
-        mid = request_bytes(key, {"tokens": 300, "interval_ms": 20})
-        early = request_bytes(key, {"tokens": 300, "interval_ms": 20, "first_token_ms": 8000})
-        seen_all = asyncio.Event()
+        mid = request_bytes(key, ENDLESS)
+        early = request_bytes(key, {**ENDLESS, "first_token_ms": 100_000})
+        streaming = [Client() for _ in range(500)]
+        waiting = [Client() for _ in range(500)]
 
-        async def after_first_token() -> bool:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
-            writer.write(mid)
-            buf = b""
-            while b"data: " not in buf:
-                chunk = await reader.read(4096)
-                if not chunk:
-                    return False
-                buf += chunk
-            writer.transport.abort()  # RST, like a killed client
-            return True
+        async def upstream_stats() -> dict[str, int]:
+            return await asyncio.get_running_loop().run_in_executor(None, upstream.stats)
 
-        async def before_first_token() -> bool:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
-            writer.write(early)
-            await seen_all.wait()  # the upstream has every request: now leave, token-less
-            got = reader._buffer  # type: ignore[attr-defined]
-            writer.close()
-            return b"data: " not in bytes(got)
+        async def run() -> None:
+            tasks = [asyncio.ensure_future(c.run(gate.port, mid)) for c in streaming]
+            tasks += [asyncio.ensure_future(c.run(gate.port, early)) for c in waiting]
+            requests = 0
 
-        async def watch_upstream() -> None:
-            while upstream.stats()["requests"] < 1000:
+            async def poll() -> None:
+                nonlocal requests
+                requests = (await upstream_stats())["requests"]
+
+            deadline = time.monotonic() + 120
+            while requests < 1000 or not all(c.got_token.is_set() for c in streaming):
+                assert time.monotonic() < deadline, f"upstream saw {requests} requests"
+                await poll()
                 await asyncio.sleep(0.2)
-            seen_all.set()
+            assert not any(c.got_token.is_set() or c.ended.is_set() for c in waiting)
+            for c in streaming + waiting:  # half mid-stream, half before their first token
+                c.abort()
+            await asyncio.gather(*tasks)
 
-        async def run() -> list[bool]:
-            watcher = asyncio.get_running_loop().run_in_executor(None, lambda: asyncio.run(watch_upstream()))
-            clients = [after_first_token() for _ in range(500)] + [before_first_token() for _ in range(500)]
-            results = await asyncio.gather(*clients, asyncio.wait_for(_set_when(watcher, seen_all), 60))
-            return list(results[:-1])
-
-        assert all(asyncio.run(run()))
+        asyncio.run(run())
         wait_for(lambda: upstream.stats()["aborted"] == 1000, 60, "the upstream to see 1000 aborts")
         stats = upstream.stats()
         assert stats["requests"] == 1000 and stats["completed"] == 0 and stats["active"] == 0
-        wait_for(lambda: leases(gate) == (0, {}), 30, "leases to drain")
+        wait_for(lambda: leases(gate) == 0 and replica_counts(gate) == {}, 30, "leases to drain")
         assert gate.metric("ws_in_flight") == 0
         assert gate.metric("ws_lease_leaks_total") == 0
     finally:
         gate.stop()
-
-
-async def _set_when(fut: asyncio.Future[None], event: asyncio.Event) -> None:
-    await fut
-    event.set()
 
 
 def test_killed_worker_leaks_nothing_after_lease_expiry(
@@ -151,25 +173,30 @@ def test_killed_worker_leaks_nothing_after_lease_expiry(
     gate = GateServer(tmp_path, gate_config([upstream.url], f"sqlite:{tmp_path / 'k.db'}", store=redis_url,
                                             replica_cap=100, lease_ttl_s=1), workers=2)
     try:
-        req = request_bytes(gate.mint(), {"tokens": 120, "interval_ms": 50})  # ~6 s streams
+        req = request_bytes(gate.mint(), ENDLESS)
         wait_for(lambda: len(gate.workers()) == 2, 30, "both workers")
         pids_before = set(gate.workers())
+        clients = [Client() for _ in range(40)]
 
-        async def run() -> list[tuple[int, bytes]]:
-            tasks = [asyncio.ensure_future(full_stream(gate.port, req)) for _ in range(40)]
-            while upstream.stats()["active"] < 40:
-                await asyncio.sleep(0.1)
-            victim = sorted(pids_before)[0]
-            os.kill(victim, signal.SIGKILL)
-            return await asyncio.gather(*tasks)
+        async def run() -> int:
+            tasks = [asyncio.ensure_future(c.run(gate.port, req)) for c in clients]
+            await until(lambda: all(c.got_token.is_set() for c in clients), 60, "40 streams")
+            os.kill(sorted(pids_before)[0], signal.SIGKILL)
+            await until(lambda: len(gate.workers()) == 2 and set(gate.workers()) != pids_before, 30,
+                        "gunicorn to replace the worker")
+            await asyncio.sleep(0.5)  # the victim's connections are reset by the kernel at once
+            cut = sum(c.ended.is_set() for c in clients)
+            # The survivors' 1 s leases stay alive (renewed), the victim's expire and are swept.
+            await until(lambda: leases(gate) == 40 - cut, 30, "the victim's leases to expire")
+            assert gate.metric("ws_lease_leaks_total") == cut
+            for c in clients:
+                c.abort()
+            await asyncio.gather(*tasks)
+            return cut
 
-        results = asyncio.run(run())
-        cut = [d for s, d in results if not complete(d)]
-        # The victim's streams died with it; any on the other worker finished, their 1 s leases
-        # renewed for 6 s (a missed renewal would show up as an extra leak below).
-        assert len(cut) > 0
-        wait_for(lambda: leases(gate) == (0, {}), 20, "the dead worker's leases to expire")
-        wait_for(lambda: gate.metric("ws_lease_leaks_total") == len(cut), 10, "leaks to be counted")
-        assert len(set(gate.workers()) - pids_before) == 1  # gunicorn replaced the victim
+        cut = asyncio.run(run())
+        assert cut > 0
+        wait_for(lambda: leases(gate) == 0 and replica_counts(gate) == {}, 30, "every lease to be released")
+        assert gate.metric("ws_lease_leaks_total") == cut  # the survivors released theirs: no new leak
     finally:
         gate.stop()

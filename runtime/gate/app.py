@@ -130,6 +130,7 @@ class Gate:
         self.upstreams = Upstreams(connect_timeout_s=5.0, read_timeout_s=config.request_timeout_s,
                                    per_replica=config.replica_cap)
         store.on_expired = metrics.LEASE_LEAKS.inc
+        self.keeper.start()  # sweeps other gates' expired leases even while this one is idle
         self._waiting = 0
         self._lock = threading.Lock()
         self._last_demand = 0.0

@@ -51,11 +51,15 @@ class LeaseKeeper:
         lease = Lease(lease_id, replica_id, self)
         with self._lock:
             self._live[lease_id] = lease
+        self.start()
+        metrics.IN_FLIGHT.inc()
+        return lease
+
+    def start(self) -> None:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ws-lease-keeper", daemon=True)
                 self._thread.start()
-        metrics.IN_FLIGHT.inc()
-        return lease
 
     def drop(self, lease: Lease) -> None:
         with self._lock:
@@ -76,6 +80,12 @@ class LeaseKeeper:
             with self._lock:
                 ids = list(self._live)
             if not ids:
+                # Nothing to renew, but still sweep: expired leases of a dead gate are purged (and
+                # counted in ws_lease_leaks_total) even when no request arrives to do it.
+                try:
+                    self.store.in_flight()
+                except Exception:
+                    log.exception("lease sweep failed")
                 continue
             try:
                 alive = self.store.renew(ids, self.ttl_s)

@@ -28,7 +28,9 @@ if __name__ == "__main__":  # patch before anything imports socket/threading
 import argparse
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,7 +106,7 @@ class Upstream:
             return self._embeddings(start_response, body)
         if body.get("stream"):
             start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
-            return self._stream(path, body, opts)
+            return self._stream(path, body, opts, environ.get("ws.socket"))
         return self._complete(start_response, path, body, opts)
 
     def _options(self, given: Any) -> dict[str, Any]:
@@ -169,14 +171,36 @@ class Upstream:
         return self._json(start_response, 200, {"object": "list", "data": data, "model": self.model,
                                                 "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}})
 
-    def _stream(self, path: str, body: dict[str, Any], opts: dict[str, Any]) -> Iterator[bytes]:
+    @staticmethod
+    def _caller_left(sock: socket.socket | None, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as the caller closes its connection (like vLLM, which
+        aborts a request whose client disconnects, even before its first token)."""
+        if sock is None:
+            time.sleep(seconds)
+            return False
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                return False
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return True
+            except OSError:
+                return True
+            time.sleep(left)  # pipelined bytes, not a close: just wait out the pause
+        return False
+
+    def _stream(self, path: str, body: dict[str, Any], opts: dict[str, Any],
+                sock: socket.socket | None = None) -> Iterator[bytes]:
         n, interval = int(opts["tokens"]), float(opts["interval_ms"]) / 1000
         die_after = opts.get("die_after")
         chat = path == "/v1/chat/completions"
         self.stats.enter()
         done = False
         try:
-            time.sleep(float(opts["first_token_ms"]) / 1000)
+            if self._caller_left(sock, float(opts["first_token_ms"]) / 1000):
+                return
             for i in range(n):
                 if die_after is not None and i >= int(die_after):
                     self.stats.died += 1
@@ -212,8 +236,6 @@ class Upstream:
 
 
 def serve(port: int, upstream: Upstream, host: str = "127.0.0.1") -> None:
-    import socket
-
     import gevent
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -223,6 +245,11 @@ def serve(port: int, upstream: Upstream, host: str = "127.0.0.1") -> None:
         def __init__(self, sock: socket.socket, *args: Any, **kw: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().__init__(sock, *args, **kw)
+
+        def get_environ(self) -> dict[str, Any]:
+            env: dict[str, Any] = super().get_environ()
+            env["ws.socket"] = self.socket  # lets a request notice its caller leaving before a write
+            return env
 
     # A stream dropped on purpose (die_after) or by a caller is expected: no traceback for it.
     gevent.get_hub().NOT_ERROR += (ConnectionAbortedError, ConnectionResetError, BrokenPipeError)

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from components.edge import TLS_POLICY, alb_idle_timeout
+from components.base import instance_arch
+from components.edge import AL2023_AMI, TLS_POLICY, alb_idle_timeout
 from runtime.gate.config import GateConfig
-from stacks.preview import Graph
+from stacks.preview import Graph, _h
 from warmstart import naming
 from warmstart.spec import parse_endpoint
 from warmstart.testing.pulumi_harness import stack_graph
@@ -86,6 +87,8 @@ def test_gate_tier(env: str, gates: int) -> None:
     assert [(i["fromPort"], i["referencedSecurityGroupId"]) for i in gate_in] == [
         (8080, g.one(SG, "alb-sg").id)]
     lt = g.one("aws:ec2/launchTemplate:LaunchTemplate", "gate-lt").inputs
+    assert lt["instanceType"] == "c7i.large"
+    assert lt["imageId"] == "ami-0" + _h(AL2023_AMI.format(arch="x86_64"), 16)  # AMI matches the CPU
     assert lt["metadataOptions"]["httpTokens"] == "required"
     assert lt["blockDeviceMappings"][0]["ebs"]["encrypted"] == "true"
 
@@ -133,3 +136,10 @@ def test_gate_role_is_least_privilege() -> None:
         if "*" in st["Resource"]:
             assert all(a.split(":")[1].startswith(("Describe", "GetAuthorizationToken", "PutMetricData"))
                        for a in st["Action"]), st
+
+
+@pytest.mark.parametrize(("itype", "arch"), [("c7g.large", "arm64"), ("c7gn.xlarge", "arm64"), ("t4g.small", "arm64"),
+                                             ("m7gd.large", "arm64"), ("c7i.large", "x86_64"), ("m5.large", "x86_64"),
+                                             ("g5.xlarge", "x86_64"), ("c6a.large", "x86_64")])
+def test_gate_ami_architecture(itype: str, arch: str) -> None:
+    assert instance_arch(itype) == arch

@@ -221,6 +221,9 @@ def test_pulumi_yaml_declares_every_key_the_program_reads() -> None:
     from stacks.config import STACK_KEYS
 
     declared = set(project["config"])
-    assert {k for k in STACK_KEYS if k.startswith("warmstart:")} <= declared
+    # Pulumi's schema has no object type: structured keys are validated by the program instead.
+    structured = {"warmstart:endpoints", "warmstart:eks"}
+    assert all(project["config"][k]["type"] in ("string", "integer", "boolean") for k in declared)
+    assert {k for k in STACK_KEYS if k.startswith("warmstart:")} - structured <= declared
     for env in ("dev", "staging", "prod"):
-        assert set(read_stack_file(env)) <= declared | {"aws:region"}
+        assert set(read_stack_file(env)) <= declared | structured | {"aws:region"}

@@ -141,6 +141,15 @@ def measure(a: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
             proxy, key = paths[name]
             run_load((proxy or upstream).url, key, min(8, max(a.levels)), 1.0 if a.quick else 2.0)
 
+        # What each proxy burns doing nothing (gunicorn heartbeats, the lease keeper, LiteLLM's
+        # background tasks), taken off each window so CPU per request is the requests' own.
+        idle_s = 1.0 if a.quick else 3.0
+        proxies = {n: p for n, (p, _) in paths.items() if p is not None}
+        before = {n: p.cpu_s() for n, p in proxies.items()}
+        time.sleep(idle_s)
+        idle_rate = {n: max(0.0, (p.cpu_s() - before[n]) / idle_s) for n, p in proxies.items()}
+        log("idle CPU: " + ", ".join(f"{n} {r * 1000:.0f} ms/s" for n, r in idle_rate.items()))
+
         windows: dict[tuple[str, int], _report.Window] = {}
         for level in a.levels:
             duration = a.duration * (2 if level == 1 else 1)
@@ -150,15 +159,19 @@ def measure(a: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
                     proxy, key = paths[name]
                     cpu0 = proxy.cpu_s() if proxy else None
                     up0 = upstream.cpu_s()
+                    t0 = time.monotonic()
                     data = run_load((proxy or upstream).url, key, level, duration)
-                    cpu = proxy.cpu_s() - cpu0 if proxy and cpu0 is not None else None
+                    cpu = None
+                    if proxy and cpu0 is not None:
+                        cpu = max(0.0, proxy.cpu_s() - cpu0 - idle_rate[name] * (time.monotonic() - t0))
                     w = windows.setdefault((name, level), _report.Window(name, level))
                     w.add(data["requests"], data["wall_s"], cpu, upstream.cpu_s() - up0)
                     bad = sum(1 for s in data["requests"] if int(s[3]) != 200)
                     log(f"  {level:>4} streams  round {rnd + 1}  {name:<12} {len(data['requests']):>6} requests"
                         f"{f'  ({bad} errors)' if bad else ''}")
         rows = _report.compare([_report.summarize(windows[(t, c)]) for c in a.levels for t in a.targets])
-        return {"rows": rows, "upstream_stats": _upstream_stats(upstream)}
+        return {"rows": rows, "upstream_stats": _upstream_stats(upstream),
+                "idle_cpu_ms_per_s": {n: round(r * 1000, 1) for n, r in idle_rate.items()}}
     finally:
         for s in reversed(servers):
             s.stop()
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "upstream": {"tokens": a.tokens, "interval_ms": a.interval_ms, "first_token_ms": a.first_token_ms},
         "budget": a.budget, "gate_workers": a.gate_workers, "rounds": a.rounds, "duration_s": a.duration,
         "litellm": _litellm_version(a.bench_venv) if "litellm" in a.targets else None,
-        "upstream_stats": result["upstream_stats"],
+        "upstream_stats": result["upstream_stats"], "idle_cpu_ms_per_s": result["idle_cpu_ms_per_s"],
     }
     lines = [
         f"{meta['date']} · `{command}` · {meta['cpus']} CPUs ({meta['cpu_model']}), load average before "

@@ -81,7 +81,7 @@ class Keys(pulumi.ComponentResource):
         aws.dynamodb.TableItem(
             f"{name}-initial",
             table_name=table.name,
-            hash_key=table.hash_key.apply(lambda k: k or "key_hash"),
+            hash_key="key_hash",
             item=key.apply(lambda k: key_item(k, args.endpoint, args.plan, created_at)),
             # Written once; afterwards `warmstart keys` owns the record (revoke/rotate must not be
             # undone by the next `pulumi up`, and created_at must stay the first deploy's time).

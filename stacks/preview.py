@@ -86,8 +86,24 @@ class Graph:
     def counts(self) -> Counter[str]:
         return Counter(r.type for r in self.resources)
 
+    def ordered(self) -> list[Resource]:
+        """Depth-first from the roots, siblings by (type, name): stable across runs, whatever
+        order the engine finished registering in."""
+        kids: dict[str | None, list[Resource]] = {}
+        for r in self.resources:
+            kids.setdefault(r.parent, []).append(r)
+        out: list[Resource] = []
+
+        def walk(parent: str | None) -> None:
+            for r in sorted(kids.get(parent, []), key=lambda r: (r.type, r.name)):
+                out.append(r)
+                walk(r.name)
+
+        walk(None)
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {"resources": [r.to_json() for r in self.resources]}
+        return {"resources": [r.to_json() for r in self.ordered()]}
 
     def __iter__(self) -> Iterator[Resource]:
         return iter(self.resources)
@@ -319,17 +335,11 @@ def render_stack(stack: str, *, stack_dir: Path | None = None, mocks: pmocks.Moc
 
 def tree(graph: Graph) -> str:
     """The resource tree (type, name) indented under parents, then a count by type."""
-    kids: dict[str | None, list[Resource]] = {}
-    for r in graph.resources:
-        kids.setdefault(r.parent, []).append(r)
+    depth: dict[str, int] = {}
     lines: list[str] = []
-
-    def walk(parent: str | None, depth: int) -> None:
-        for r in kids.get(parent, []):
-            lines.append(f"{'  ' * depth}{r.type}  {r.name}{'  (read)' if r.read else ''}")
-            walk(r.name, depth + 1)
-
-    walk(None, 0)
+    for r in graph.ordered():
+        d = depth[r.name] = depth.get(r.parent, -1) + 1 if r.parent else 0
+        lines.append(f"{'  ' * d}{r.type}  {r.name}{'  (read)' if r.read else ''}")
     counts = graph.counts()
     lines.append("")
     lines.append(f"{len(graph.resources)} resources")

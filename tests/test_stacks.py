@@ -227,3 +227,11 @@ def test_pulumi_yaml_declares_every_key_the_program_reads() -> None:
     assert {k for k in STACK_KEYS if k.startswith("warmstart:")} - structured <= declared
     for env in ("dev", "staging", "prod"):
         assert set(read_stack_file(env)) <= declared | structured | {"aws:region"}
+
+
+def test_preview_output_is_stable_across_runs() -> None:
+    from stacks.preview import render_stack, tree
+
+    a, b = render_stack("staging"), render_stack("staging")
+    assert json.dumps(a.to_json(), sort_keys=True) == json.dumps(b.to_json(), sort_keys=True)
+    assert tree(a) == tree(b)

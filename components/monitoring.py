@@ -108,10 +108,11 @@ class Monitoring(pulumi.ComponentResource):
             aws.cloudwatch.LogMetricFilter(
                 f"{name}-{metric.lower()}",
                 log_group_name=self.gate_log_group.name,
-                pattern=f'{{ $.event = "{metrics.REQUEST_LOG_EVENT}" && $.{fld} = * }}',
+                pattern=(f"{{ $.{metrics.ACCESS_LOG_ID_FIELD} = * && $.{metrics.ACCESS_LOG_ENDPOINT_FIELD} = * "
+                         f"&& $.{fld} = * }}"),
                 metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
                     name=metric, namespace=metrics.NAMESPACE, value=f"$.{fld}", unit=unit,
-                    dimensions={metrics.DIMENSION: "$.endpoint"},
+                    dimensions={metrics.DIMENSION: f"$.{metrics.ACCESS_LOG_ENDPOINT_FIELD}"},
                 ),
                 opts=child(self),
             )

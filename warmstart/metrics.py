@@ -27,15 +27,17 @@ PUBLISHED: dict[str, tuple[str, str]] = {
     "Rejected503": ("Count", "requests refused with 503 (stopped, or no capacity within the hold bound)"),
 }
 
-# metric name -> (unit, JSON field of the gate's request log line)
+# metric name -> (unit, JSON field of the gate's access log line; runtime/gate/access_log.py)
 FROM_LOGS: dict[str, tuple[str, str]] = {
-    "Latency": ("Milliseconds", "latency_ms"),
+    "Latency": ("Milliseconds", "duration_ms"),
     "TimeToFirstToken": ("Milliseconds", "ttft_ms"),
     "QueueWait": ("Milliseconds", "queue_ms"),
-    "OutputTokens": ("Count", "output_tokens"),
+    "OutputTokens": ("Count", "tokens_out"),
 }
-# The request log line: {"event": "request", "endpoint": "<name>", "status": 200, "latency_ms": ..., ...}
-REQUEST_LOG_EVENT = "request"
+# An access line is recognised by its request_id; its `endpoint` field (the GateConfig's endpoint)
+# becomes the Endpoint dimension, so one filter serves every endpoint of the log group.
+ACCESS_LOG_ID_FIELD = "request_id"
+ACCESS_LOG_ENDPOINT_FIELD = "endpoint"
 
 INFLIGHT_PER_REPLICA = "InFlightPerReplica"
 REQUESTS = "Requests"

@@ -145,3 +145,26 @@ def test_hold_bound_then_503_with_retry_after(make_gate: Any, upstream: Upstream
     with pytest.raises(openai.APIError) as err:
         list(stream)
     assert "No replica had capacity" in str(err.value)
+
+
+class UnreachablePool(ReplicaPool):
+    """A backend whose API is down (the ASG/Kubernetes API unreachable)."""
+
+    kind = "test-unreachable"
+
+    def snapshot(self) -> PoolSnapshot:
+        raise ConnectionError("pool API unreachable")
+
+    def wake(self) -> None:
+        raise ConnectionError("pool API unreachable")
+
+    def report_demand(self, in_flight: int) -> None:
+        raise ConnectionError("pool API unreachable")
+
+
+def test_a_pool_that_cannot_be_read_is_503_not_500(make_gate: Any) -> None:
+    gate = make_gate(UnreachablePool())
+    with pytest.raises(openai.InternalServerError) as e:
+        gate.client().chat.completions.create(model="default", messages=MSGS)
+    assert e.value.status_code == 503 and e.value.code == "pool_unavailable"
+    assert httpx2.get(gate.url + "/healthz").status_code == 503

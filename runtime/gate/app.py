@@ -192,7 +192,11 @@ class Gate:
 
     # -- admission ----------------------------------------------------------------------------------
     def _snapshot(self) -> PoolSnapshot:
-        snap = self.pool.snapshot()
+        try:
+            snap = self.pool.snapshot()
+        except Exception:
+            access_log.logger.getChild("pool").exception("pool snapshot failed")
+            raise errors.pool_unavailable() from None
         metrics.REPLICAS.labels("ready").set(len(snap.ready))
         metrics.REPLICAS.labels("starting").set(snap.starting)
         return snap
@@ -234,7 +238,10 @@ class Gate:
         if d.reason == "budget" or (d.reason == "capacity" and not snap.growing):
             raise errors.over_budget(busy, d.headers.limit)
         if d.reason == "no_replicas" and not snap.growing and self.store.claim("wake", WAKE_CLAIM_S):
-            self.pool.wake()  # from zero: one wake for the whole endpoint, then everyone holds
+            try:
+                self.pool.wake()  # from zero: one wake for the whole endpoint, then everyone holds
+            except Exception:
+                access_log.logger.getChild("pool").exception("pool wake failed; holding anyway")
         self._demand(d.in_flight + 1, force=True)
         return None
 
@@ -429,7 +436,7 @@ def create_app(
     # -- routes -----------------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz() -> Response:
-        snap = gate.pool.snapshot()
+        snap = gate._snapshot()
         ok = gate.store.ping()
         body = {"status": "ok" if ok else "store_unavailable", "endpoint": config.endpoint,
                 "ready": len(snap.ready), "starting": snap.starting, "stopped": config.stopped or snap.stopped}

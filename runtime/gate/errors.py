@@ -135,6 +135,11 @@ def store_unavailable() -> GateError:
                      "store_unavailable", retry_after_s=2, reason="store")
 
 
+def pool_unavailable() -> GateError:
+    return GateError(503, "The replica pool cannot be read right now; retry shortly.", "service_unavailable",
+                     "pool_unavailable", retry_after_s=5, reason="pool")
+
+
 # -- 5xx: the upstream ---------------------------------------------------------------------------
 
 def upstream_failed(detail: str) -> GateError:

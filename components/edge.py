@@ -37,6 +37,7 @@ from components.base import (
     policy_document,
     statement,
 )
+from components.nodegroup import replica_role_name
 from runtime.gate.config import GateConfig, PoolConfig
 from runtime.image import cloudinit
 from runtime.replica.launcher import DEFAULT_PORT
@@ -179,16 +180,28 @@ class Edge(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-gate-policy", role=role.id,
             policy=pulumi.Output.all(param.arn, args.keys_table_arn, args.log_group_arn,
-                                     asg_arn(args.region, account, replica_asg)).apply(
+                                     asg_arn(args.region, account, replica_asg), account).apply(
                 lambda a: policy_document([
                     statement(["ssm:GetParameter"], [a[0]], "OwnConfig"),
                     statement(["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
                               [a[1], f"{a[1]}/index/*"], "OwnKeys"),
                     statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[2]}:log-stream:*"], "OwnLogs"),
-                    statement(["autoscaling:SetDesiredCapacity"], [a[3]], "WakeOwnReplicas"),
+                    # Wake/scale its own replica group; on InsufficientInstanceCapacity, switch it to
+                    # the variant's next fallback type (runtime/scaling/asg.py) and tag why.
+                    statement(["autoscaling:CreateOrUpdateTags", "autoscaling:SetDesiredCapacity",
+                               "autoscaling:UpdateAutoScalingGroup"], [a[3]], "ScaleOwnReplicas"),
+                    statement(["ec2:CreateLaunchTemplateVersion"],
+                              [f"arn:aws:ec2:{args.region}:{a[4]}:launch-template/*"], "FallbackOwnTemplate",
+                              condition={"StringEquals": {"aws:ResourceTag/endpoint": ep.name,
+                                                          "aws:ResourceTag/environment": env}}),
+                    statement(["iam:PassRole"], [f"arn:aws:iam::{a[4]}:role/{replica_role_name(env, ep.name)}"],
+                              "PassReplicaRole",
+                              condition={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
                     # Describe calls have no resource-level permissions in AWS: "*" is the only form.
-                    statement(["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeWarmPool",
-                               "ec2:DescribeInstances"], ["*"], "DiscoverReplicas"),
+                    statement(["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
+                               "autoscaling:DescribeWarmPool", "ec2:DescribeInstances",
+                               "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeLaunchTemplates"],
+                              ["*"], "DiscoverReplicas"),
                     statement(["cloudwatch:PutMetricData"], ["*"], "PublishOwnMetrics",
                               condition={"StringEquals": {"cloudwatch:namespace": metrics.NAMESPACE}}),
                     *image_pull_statements(args.image_uri),

@@ -42,6 +42,11 @@ from warmstart.spec import Variant
 # share one AMI and a new AMI arrives with a deploy (and an instance refresh), never silently.
 GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
 LAUNCH_HOOK = "warmstart-launch"
+
+
+def replica_role_name(environment: str, endpoint: str) -> str:
+    """Named, not auto-named: the gate's policy may pass exactly this role (capacity fallback)."""
+    return f"{naming.prefix(environment, endpoint)}-replica"
 ROOT_DEVICE = "/dev/xvda"
 
 
@@ -85,7 +90,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
         asg_name = naming.replica_asg_name(env, ep)
         account = aws.get_caller_identity_output(opts=invoke(self)).account_id
 
-        role = aws.iam.Role(f"{name}-role", assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
+        role = aws.iam.Role(f"{name}-role", name=replica_role_name(env, ep),
+                            assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
                             description=f"warmstart replica {env}/{ep}", tags=t, opts=child(self))
         aws.iam.RolePolicy(
             f"{name}-policy", role=role.id,

@@ -129,8 +129,15 @@ def test_gate_role_is_least_privilege() -> None:
     assert by_sid["OwnConfig"]["Resource"] == [g.one("aws:ssm/parameter:Parameter").outputs["arn"]]
     table = g.one("aws:dynamodb/table:Table").outputs["arn"]
     assert by_sid["OwnKeys"]["Resource"] == [table, f"{table}/index/*"]
-    assert by_sid["WakeOwnReplicas"]["Action"] == ["autoscaling:SetDesiredCapacity"]
-    assert by_sid["WakeOwnReplicas"]["Resource"][0].endswith("autoScalingGroupName/ws-prod-chat-replicas")
+    assert by_sid["ScaleOwnReplicas"]["Action"] == [
+        "autoscaling:CreateOrUpdateTags", "autoscaling:SetDesiredCapacity", "autoscaling:UpdateAutoScalingGroup"]
+    assert by_sid["ScaleOwnReplicas"]["Resource"] == [
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/ws-prod-chat-replicas"]
+    replica_role = g.one("aws:iam/role:Role", "replicas-role")
+    assert by_sid["PassReplicaRole"]["Resource"] == [replica_role.outputs["arn"]]
+    assert by_sid["FallbackOwnTemplate"]["Condition"]["StringEquals"]["aws:ResourceTag/endpoint"] == "chat"
+    lt_tags = g.one("aws:ec2/launchTemplate:LaunchTemplate", "replicas-lt").inputs["tags"]
+    assert (lt_tags["endpoint"], lt_tags["environment"]) == ("chat", "prod")
     assert by_sid["PublishOwnMetrics"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Warmstart"}}
     for st in doc["Statement"]:
         if "*" in st["Resource"]:

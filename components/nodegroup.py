@@ -95,10 +95,16 @@ class GpuNodeGroup(pulumi.ComponentResource):
                             description=f"warmstart replica {env}/{ep}", tags=t, opts=child(self))
         aws.iam.RolePolicy(
             f"{name}-policy", role=role.id,
-            policy=pulumi.Output.all(args.log_group_arn, asg_arn(args.region, account, asg_name)).apply(
+            policy=pulumi.Output.all(args.log_group_arn, asg_arn(args.region, account, asg_name), account).apply(
                 lambda a: policy_document([
                     statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[0]}:log-stream:*"], "OwnLogs"),
                     statement(["autoscaling:CompleteLifecycleAction"], [a[1]], "OwnLifecycleHook"),
+                    # Only the phase tag, only on this endpoint's instances.
+                    statement(["ec2:CreateTags"], [f"arn:aws:ec2:{args.region}:{a[2]}:instance/*"], "OwnPhaseTag",
+                              condition={
+                                  "StringEquals": {"aws:ResourceTag/endpoint": ep, "aws:ResourceTag/environment": env},
+                                  "ForAllValues:StringEquals": {"aws:TagKeys": ["warmstart:phase"]},
+                              }),
                     *image_pull_statements(args.image_uri),
                 ])
             ),

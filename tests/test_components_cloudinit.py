@@ -144,6 +144,9 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     assert ["docker", "pull", "--quiet", IMAGE] in calls
     assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
     assert ["systemctl", "start", "warmstart-replica.service"] in calls
+    phases = [c[-1].removeprefix("Key=warmstart:phase,Value=") for c in calls if c[:3] == ["aws", "ec2", "create-tags"]]
+    assert phases == ["loading-weights", "warming", "ready"]
+    assert all(c[c.index("--resources") + 1] == INSTANCE for c in calls if c[:3] == ["aws", "ec2", "create-tags"])
     complete = [c for c in calls if c[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]]
     assert len(complete) == 1
     assert complete[0][complete[0].index("--lifecycle-action-result") + 1] == "CONTINUE"

@@ -125,7 +125,8 @@ def test_replica_role_is_least_privilege() -> None:
     g = stack_graph("prod")
     doc = json.loads(g.one("aws:iam/rolePolicy:RolePolicy", "replicas-policy").inputs["policy"])
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
-    assert set(by_sid) == {"OwnLogs", "OwnLifecycleHook", "EcrLogin", "EcrPull"}
+    assert set(by_sid) == {"OwnLogs", "OwnLifecycleHook", "OwnPhaseTag", "EcrLogin", "EcrPull"}
+    assert by_sid["OwnPhaseTag"]["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["warmstart:phase"]}
     log_arn = g.one("aws:cloudwatch/logGroup:LogGroup", "mon-replicas").outputs["arn"]
     assert by_sid["OwnLogs"]["Resource"] == [f"{log_arn}:log-stream:*"]
     assert by_sid["OwnLifecycleHook"]["Resource"] == [

@@ -39,11 +39,19 @@ if [ "$state" = "Warmed:Stopped" ]; then
   exec "$BIN_DIR/warm-pool-hook.sh"
 fi
 
+# The phase tag is for humans (`warmstart endpoint status`); InService already means serving.
+phase() {
+  aws ec2 create-tags --region "$REGION" --resources "$instance_id" \
+    --tags "Key=warmstart:phase,Value=$1" || true
+}
+phase loading-weights
+
 mkdir -p "$RUN_DIR"
 sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
   "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
 mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
 "$SYSTEMCTL" start warmstart-replica.service
+phase warming
 
 complete() {
   [ -n "$state" ] || return 0
@@ -53,6 +61,7 @@ complete() {
 }
 for _ in $(seq 1 "$READY_WAIT_TRIES"); do
   if curl -fsS -o /dev/null "http://$private_ip:$ENGINE_PORT/health"; then
+    phase ready
     complete CONTINUE
     exit 0
   fi

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from runtime.gate.app import create_app
 from runtime.gate.config import GateConfig
 from runtime.gate.keys import CachedKeyStore, open_key_store
-from runtime.gate.store import MemoryStore
+from runtime.gate.store import AdmissionStore, MemoryStore, open_store
 from runtime.pool.base import PoolSnapshot, Replica, ReplicaPool
 from warmstart.testing.net import free_port
 from warmstart.testing.upstream import UpstreamProcess
@@ -61,7 +61,7 @@ class ScalingPool(ReplicaPool):
 
 
 class InProcessGate:
-    def __init__(self, tmp: Path, pool: ReplicaPool, **over: Any) -> None:
+    def __init__(self, tmp: Path, pool: ReplicaPool, store: AdmissionStore | None = None, **over: Any) -> None:
         self.cfg = GateConfig.parse({
             "endpoint": "hold-test", "served_name": "test-model", "store": "memory",
             "keys": f"sqlite:{tmp / 'keys.db'}", "pool": {"kind": "static", "upstreams": ["http://127.0.0.1:1"]},
@@ -69,7 +69,7 @@ class InProcessGate:
         })
         raw = open_key_store(self.cfg.keys)
         self.key, _ = raw.create(endpoint="hold-test")
-        app = create_app(self.cfg, pool=pool, store=MemoryStore(), keys=CachedKeyStore(raw, 1))
+        app = create_app(self.cfg, pool=pool, store=store or MemoryStore(), keys=CachedKeyStore(raw, 1))
         self.port = free_port()
         self.server = make_server("127.0.0.1", self.port, app, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -88,8 +88,8 @@ class InProcessGate:
 def make_gate(tmp_path: Path) -> Iterator[Any]:
     gates: list[InProcessGate] = []
 
-    def make(pool: ReplicaPool, **over: Any) -> InProcessGate:
-        gates.append(InProcessGate(tmp_path, pool, **over))
+    def make(pool: ReplicaPool, store: AdmissionStore | None = None, **over: Any) -> InProcessGate:
+        gates.append(InProcessGate(tmp_path, pool, store, **over))
         return gates[-1]
 
     yield make
@@ -167,4 +167,17 @@ def test_a_pool_that_cannot_be_read_is_503_not_500(make_gate: Any) -> None:
     with pytest.raises(openai.InternalServerError) as e:
         gate.client().chat.completions.create(model="default", messages=MSGS)
     assert e.value.status_code == 503 and e.value.code == "pool_unavailable"
+    assert httpx2.get(gate.url + "/healthz").status_code == 503
+
+
+def test_an_unreachable_redis_is_503_and_unhealthy(make_gate: Any, upstream: UpstreamProcess) -> None:
+    dead = open_store(f"redis://127.0.0.1:{free_port()}/0", "hold-test")
+    gate = make_gate(ScalingPool(upstream.url, boot_s=0), store=dead)
+    gate.client().models.list()  # no quota, so no store: still served
+    rec: list[httpx2.Response] = []
+    with pytest.raises(openai.InternalServerError) as e:
+        gate.client(http_client=httpx2.Client(event_hooks={"response": [rec.append]})).chat.completions.create(
+            model="default", messages=MSGS)
+    assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+    assert rec[0].headers["retry-after"] == "2"
     assert httpx2.get(gate.url + "/healthz").status_code == 503

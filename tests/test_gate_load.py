@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 ENDLESS = {"tokens": 5000, "interval_ms": 20}  # 100 s: outlives every test here
 
 
-def request_bytes(key: str, ws_test: dict[str, float]) -> bytes:
-    body = json.dumps({"model": "default", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+def request_bytes(key: str, ws_test: dict[str, float], stream: bool = True) -> bytes:
+    body = json.dumps({"model": "default", "stream": stream, "messages": [{"role": "user", "content": "hi"}],
                        "ws_test": ws_test}).encode()
     return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gate\r\nConnection: close\r\n"
             b"Content-Type: application/json\r\nAuthorization: Bearer " + key.encode() +
@@ -198,5 +198,28 @@ def test_killed_worker_leaks_nothing_after_lease_expiry(
         assert cut > 0
         wait_for(lambda: leases(gate) == 0 and replica_counts(gate) == {}, 30, "every lease to be released")
         assert gate.metric("ws_lease_leaks_total") == cut  # the survivors released theirs: no new leak
+    finally:
+        gate.stop()
+
+
+def test_a_caller_leaving_a_non_streamed_request_aborts_it_upstream(
+    tmp_path: Path, upstream: UpstreamProcess, redis_url: str
+) -> None:
+    gate = GateServer(tmp_path, gate_config([upstream.url], f"sqlite:{tmp_path / 'k.db'}", store=redis_url))
+    try:
+        req = request_bytes(gate.mint(), ENDLESS, stream=False)
+        clients = [Client() for _ in range(20)]
+
+        async def run() -> None:
+            tasks = [asyncio.ensure_future(c.run(gate.port, req)) for c in clients]
+            await until(lambda: upstream.stats()["active"] == 20, 60, "20 requests upstream")
+            for c in clients:
+                c.abort()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(run())
+        wait_for(lambda: upstream.stats()["aborted"] == 20, 30, "the upstream to see 20 aborts")
+        wait_for(lambda: leases(gate) == 0 and replica_counts(gate) == {}, 30, "leases to drain")
+        assert upstream.stats()["completed"] == 0
     finally:
         gate.stop()

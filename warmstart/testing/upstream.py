@@ -107,7 +107,7 @@ class Upstream:
         if body.get("stream"):
             start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
             return self._stream(path, body, opts, environ.get("ws.socket"))
-        return self._complete(start_response, path, body, opts)
+        return self._complete(start_response, path, body, opts, environ.get("ws.socket"))
 
     def _options(self, given: Any) -> dict[str, Any]:
         opts: dict[str, Any] = dict(self.defaults)
@@ -141,13 +141,17 @@ class Upstream:
         return max(1, len(json.dumps(body.get("messages", body.get("prompt", ""))).split()))
 
     def _complete(self, start_response: StartResponse, path: str, body: dict[str, Any],
-                  opts: dict[str, Any]) -> list[bytes]:
+                  opts: dict[str, Any], sock: socket.socket | None = None) -> list[bytes]:
         n = int(opts["tokens"])
         self.stats.enter()
         try:
-            time.sleep((float(opts["first_token_ms"]) + n * float(opts["interval_ms"])) / 1000)
+            left = self._caller_left(sock, (float(opts["first_token_ms"]) + n * float(opts["interval_ms"])) / 1000)
         finally:
             self.stats.active -= 1
+        if left:
+            self.stats.aborted += 1
+            start_response("499 Client Closed Request", [("Content-Length", "0")])
+            return []
         text = " ".join(f"tok{i}" for i in range(n))
         usage = {"prompt_tokens": self._prompt_tokens(body), "completion_tokens": n,
                  "total_tokens": self._prompt_tokens(body) + n}

@@ -241,7 +241,10 @@ class RecordingMonitor(pmocks.MockMonitor):
         reg = self.resources.get(resp.urn)
         res = Resource(
             type=request.type, name=request.name, urn=resp.urn, parent=self._name_of(request.parent),
-            inputs={}, options={"read": True, "id": request.id}, id=request.id,
+            inputs={}, options={"ignore_changes": [], "protect": False, "retain_on_delete": False,
+                                "depends_on": sorted(filter(None, (self._name_of(u) for u in request.dependencies))),
+                                "read": True, "id": request.id},
+            id=request.id,
             outputs=_plain(reg.state) if reg else {}, read=True,
         )
         self.recorded.append(res)

@@ -113,3 +113,10 @@ def test_fresh_key_gets_a_full_minute_of_burst() -> None:
 @given(st.floats(0, 10_000), st.integers(0, 10_000))
 def test_busy_retry_after_is_bounded(mean: float, n: int) -> None:
     assert 0.05 <= busy_retry_after(mean, n) <= MAX_RETRY_AFTER_S
+
+
+def test_reset_header_format_matches_openai() -> None:
+    from runtime.gate.app import fmt_duration
+
+    assert [fmt_duration(s) for s in (0, 0.0201, 0.9999, 1.5, 59.9, 60, 360.2, 3723)] == [
+        "0s", "21ms", "1000ms", "1.5s", "59.9s", "1m0s", "6m1s", "1h2m3s"]

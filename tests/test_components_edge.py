@@ -8,6 +8,7 @@ import pytest
 
 from components.base import instance_arch
 from components.edge import AL2023_AMI, TLS_POLICY, alb_idle_timeout
+from components.nodegroup import GPU_AMI_PARAMETER
 from runtime.gate.config import GateConfig
 from stacks.preview import Graph, _h
 from warmstart import naming
@@ -150,3 +151,11 @@ def test_gate_role_is_least_privilege() -> None:
                                              ("g5.xlarge", "x86_64"), ("c6a.large", "x86_64")])
 def test_gate_ami_architecture(itype: str, arch: str) -> None:
     assert instance_arch(itype) == arch
+
+
+def test_default_gate_instance_runs_the_runtime_image() -> None:
+    """Gates and replicas run one runtime image, built for the replicas' x86_64 GPU AMI: an endpoint
+    that leaves gate_instance_type unset must get a gate that can run it (a Graviton default could not)."""
+    default = parse_endpoint({"name": "chat", "variant": "llama31-8b-fp8-l4", "allow_http": True}).gate_instance_type
+    image_arch = "x86_64" if "/x86_64/" in GPU_AMI_PARAMETER else "arm64"
+    assert instance_arch(default) == image_arch == "x86_64"

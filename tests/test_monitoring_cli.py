@@ -162,11 +162,11 @@ def test_stack_reads_cloudwatch_and_prices_the_fleet(
     assert (d["replicas_ready"], d["replicas_starting"], d["in_flight"]) == (2, 1, 17)
     assert d["tokens_per_s"] == pytest.approx(90000 / 900)
     c = d["cost"]
-    # 3 running g6.xlarge + 2 c7g.large gates + the ALB, from the repo's price table
+    # 3 running g6.xlarge + 2 c7i.large gates + the ALB, from the repo's price table
     from warmstart.monitoring.cost import PriceTable
 
     t = PriceTable.load()
-    expected = 3 * t.price("g6.xlarge", "us-east-1") + 2 * t.price("c7g.large", "us-east-1") + t.price("alb", "us-east-1")
+    expected = 3 * t.price("g6.xlarge", "us-east-1") + 2 * t.price("c7i.large", "us-east-1") + t.price("alb", "us-east-1")
     assert c["usd_per_hour"] == pytest.approx(expected)
     assert c["usd_per_million_tokens"] == pytest.approx(expected / (100 * 3600) * 1e6)
 

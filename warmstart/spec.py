@@ -382,7 +382,7 @@ class EndpointConfig(_Value):
     domain: str | None = Field(default=None, description="HTTPS on this name (ACM certificate)")
     hosted_zone_id: str | None = Field(default=None, description="Route 53 zone for DNS validation")
     allow_http: bool = Field(default=False, description="serve plain HTTP when no domain is set")
-    gate_instance_type: str = Field(default="c7g.large", description="gate tier instance type")
+    gate_instance_type: str = Field(default="c7i.large", description="gate tier instance type")
     gate_instances: int = Field(default=1, ge=1, le=20, description="gate tier size (>= 2 in prod)")
     warm_pool_size: int = Field(default=0, ge=0, le=64, description="stopped, pre-warmed replicas")
     fast_snapshot_restore: bool = Field(default=False, description="enable FSR in each AZ")

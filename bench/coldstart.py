@@ -50,6 +50,11 @@ MARKERS = (
     ("engine procs", "Starting to load model"),
     ("weight load", "Loading weights took"),
     ("engine init", "init engine"),
+    # finer points, printed per run (not table rows)
+    ("config resolved", "Resolved architecture"),
+    ("EngineCore up", "Initializing a V1 LLM engine"),
+    ("engine client ready", "Supported tasks"),
+    ("app built", "Starting vLLM server on"),
 )
 PHASES = ("imports", "engine procs", "weight load", "engine init", "API up", "first token")
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -125,12 +130,18 @@ def naive(cmd: EngineCommand, url: str, served: str, work: Path, keep: bool = Fa
     return s, proc
 
 
-def standby(cmd: EngineCommand, url: str, served: str, work: Path) -> Start:
-    s = Start("standby")
+def _flag(cmd: EngineCommand, name: str) -> str:
+    return cmd.argv[cmd.argv.index(name) + 1]
+
+
+def standby(cmd: EngineCommand, url: str, served: str, work: Path, prewarm: bool = True) -> Start:
+    s = Start("standby" if prewarm else "standby-noprewarm")
     ready = work / f"standby-{time.monotonic_ns()}.ready"
     t_spawn = time.monotonic()
-    proc = _spawn([sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready)], cmd.env,
-                  subprocess.PIPE)
+    argv = [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready)]
+    if prewarm:
+        argv += ["--prewarm", _flag(cmd, "--model")]  # what the local pool does
+    proc = _spawn(argv, cmd.env, subprocess.PIPE)
     threading.Thread(target=_pump, args=(proc, s, work / f"standby-{proc.pid}.log"), daemon=True).start()
     try:
         while not ready.exists():
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"run {i + 1} {kind}: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.phases().items())
                   + (f" (standby imports beforehand {st.standby_import_s:.1f}s)" if st.standby_import_s else ""),
                   flush=True)
+            print("    log marks after wake: " + ", ".join(
+                f"{k} +{v - st.t0:.2f}s" for k, v in sorted(st.marks.items(), key=lambda kv: kv[1])), flush=True)
     results["naive"] = _median_table(naive_runs)
     results["standby"] = _median_table(standby_runs)
     results["standby_import_s"] = statistics.median([s.standby_import_s or 0 for s in standby_runs])

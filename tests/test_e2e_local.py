@@ -128,7 +128,7 @@ def test_replica_killed_mid_stream(local: Local) -> None:
     assert rep is not None
     rid = rep["id"]
     assert got >= 5
-    assert "upstream" in str(err.value).lower() or "replica" in str(err.value).lower()
+    assert "model server failed" in str(err.value)  # the gate's error event, not a hang or a cut
     # The lease was released: nothing is in flight at the gate.
     wait_for(lambda: local.gate_metric("ws_in_flight") == 0, 30, "ws_in_flight back to 0")
     assert local.gate_metric("ws_lease_leaks_total") == 0

@@ -431,7 +431,8 @@ class LocalPool(ReplicaPool):
             env = build_command(self.variant, model_dir=self.weights_dir, host=HOST, port=0,
                                 cache_dir=self.compile_cache).env
             proc = self._popen(
-                [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready_file)],
+                [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready_file),
+                 "--prewarm", str(self.weights_dir)],
                 env, log_path, stdin=subprocess.PIPE,
             )
             self._standby = _Standby(proc=proc, log_path=log_path, ready_file=ready_file)

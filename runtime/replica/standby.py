@@ -17,7 +17,7 @@ has run no OpenMP/torch kernels yet (nothing to inherit in a broken state) and t
 sets each worker's OpenMP thread binding after the fork.
 
 Protocol (the pool's side is runtime/pool/local.py):
-    python -m runtime.replica.standby --ready-file PATH
+    python -m runtime.replica.standby --ready-file PATH [--prewarm MODEL_DIR]
     → writes PATH ("ready <seconds spent importing>") once imports are done
     ← one JSON line on stdin → serves; EOF on stdin → exits quietly (the pool no longer needs it)
 """
@@ -59,6 +59,21 @@ PREIMPORT = (
 def preimport() -> None:
     for name in PREIMPORT:
         importlib.import_module(name)
+
+
+def prewarm(model_dir: Path) -> None:
+    """Touch what every start of this model reads besides the weights' tensors: transformers'
+    lazily imported config and tokenizer modules for its architecture, and the files themselves
+    into the page cache (as the AWS warm pool pre-reads its volume). No model is loaded."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    AutoConfig.from_pretrained(str(model_dir))
+    AutoTokenizer.from_pretrained(str(model_dir))
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file():
+            with f.open("rb") as fh:
+                while fh.read(16 * 1024 * 1024):
+                    pass
 
 
 def keep_fork() -> None:
@@ -105,11 +120,14 @@ def serve(flags: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--ready-file", type=Path, required=True, help="written once imports are done")
+    ap.add_argument("--prewarm", type=Path, help="model folder whose config/tokenizer/files to warm up")
     opts = ap.parse_args(argv)
 
     t0 = time.monotonic()
     keep_fork_env = os.environ.get("WARMSTART_STANDBY_SPAWN") != "1"  # escape hatch for comparisons
     preimport()
+    if opts.prewarm is not None:
+        prewarm(opts.prewarm)
     if keep_fork_env:
         keep_fork()
     opts.ready_file.write_text(f"ready {time.monotonic() - t0:.2f}\n")

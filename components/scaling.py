@@ -6,9 +6,15 @@
   the scale-out rule of DESIGN.md.
 - From zero: with no replica there is no per-replica metric; the gate wakes the pool itself
   (SetDesiredCapacity through the aws pool) when a request arrives.
-- Flex idle: an alarm on Requests (Sum per minute) below 1 for ceil(idle_timeout / 60)
-  consecutive minutes runs a step policy that sets the capacity to exactly 0. Missing data
-  counts as idle (no gate publishing means nobody is calling).
+- Flex idle: idle means no request arrived AND none is still running. A stream outlives the
+  minute it arrived in, so Requests alone would call a 10-minute stream idle after 5 and scale
+  its replica away mid-answer. The alarm is metric math over the gate's Requests (Sum) and
+  InFlight (Maximum, the minute's peak): FILL(Requests, 0) + FILL(InFlight, 0) below 1 for
+  ceil(idle_timeout / 60) consecutive minutes runs a step policy that sets the capacity to 0.
+  FILL zero-fills a gap in one series, so a missing Requests datapoint cannot hide a running
+  stream (plain m1 + m2 is missing where either is). Missing data as a whole counts as idle:
+  the gate publishes both every minute, also at zero replicas, so no data means no gate is
+  running and nobody can be calling.
 - Active: no idle rule; the ASG's min_size (>= 1) is the floor.
 - Stopped: alarm actions are disabled; the node group's max size is 0.
 """
@@ -24,6 +30,11 @@ import pulumi_aws as aws
 
 from components.base import Tags, child
 from warmstart import metrics
+
+# The gate's peak in-flight requests of the minute (warmstart.metrics.PUBLISHED).
+IN_FLIGHT = "InFlight"
+# FILL: a gap in one series must not hide the other (m1 + m2 is missing where either is).
+IDLE_EXPRESSION = "FILL(requests, 0) + FILL(in_flight, 0)"
 
 
 def idle_periods(idle_timeout_s: int) -> int:
@@ -81,12 +92,27 @@ class Scaling(pulumi.ComponentResource):
             periods = idle_periods(args.idle_timeout_s)
             self.idle_alarm = aws.cloudwatch.MetricAlarm(
                 f"{name}-idle",
-                alarm_description=f"Flex: no requests for {periods} minute(s) -> scale replicas to 0",
-                namespace=metrics.NAMESPACE, metric_name=metrics.REQUESTS,
-                dimensions={metrics.DIMENSION: args.endpoint}, statistic="Sum", period=60,
+                alarm_description=(f"Flex: no requests and none in flight for {periods} minute(s) "
+                                   "-> scale replicas to 0"),
+                metric_queries=[
+                    _gate_metric("requests", metrics.REQUESTS, "Sum", args.endpoint),
+                    _gate_metric("in_flight", IN_FLIGHT, "Maximum", args.endpoint),
+                    aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                        id="idle", expression=IDLE_EXPRESSION, label="requests + in flight", return_data=True),
+                ],
                 evaluation_periods=periods, datapoints_to_alarm=periods, threshold=1,
                 comparison_operator="LessThanThreshold", treat_missing_data="breaching",
                 actions_enabled=not args.stopped, alarm_actions=[to_zero.arn],
                 tags=args.tags, opts=child(self),
             )
         self.register_outputs({})
+
+
+def _gate_metric(query_id: str, metric_name: str, stat: str, endpoint: str) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
+    return aws.cloudwatch.MetricAlarmMetricQueryArgs(
+        id=query_id, return_data=False,
+        metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+            namespace=metrics.NAMESPACE, metric_name=metric_name, stat=stat, period=60, unit="Count",
+            dimensions={metrics.DIMENSION: endpoint},
+        ),
+    )

@@ -41,11 +41,81 @@ def test_flex_scales_to_zero_after_idle_timeout(env: str) -> None:
     assert to_zero.inputs["policyType"] == "StepScaling" and to_zero.inputs["adjustmentType"] == "ExactCapacity"
     assert to_zero.inputs["stepAdjustments"] == [{"scalingAdjustment": 0, "metricIntervalUpperBound": "0"}]
     alarm = g.one(ALARM, "scaling-idle").inputs
-    assert alarm["metricName"] == "Requests" and alarm["statistic"] == "Sum" and alarm["period"] == 60
     assert alarm["evaluationPeriods"] == alarm["datapointsToAlarm"] == 5  # idle_timeout_s 300
     assert (alarm["comparisonOperator"], alarm["threshold"]) == ("LessThanThreshold", 1)
-    assert alarm["treatMissingData"] == "breaching"
+    assert alarm["treatMissingData"] == "breaching"  # no gate publishing: nobody can be calling
     assert alarm["alarmActions"] == [to_zero.outputs["arn"]]
+    queries = {q["id"]: q for q in alarm["metricQueries"]}
+    assert [q["id"] for q in alarm["metricQueries"] if q["returnData"]] == ["idle"]
+    read = {(q["metric"]["metricName"], q["metric"]["stat"]) for q in queries.values() if "metric" in q}
+    assert read == {("Requests", "Sum"), ("InFlight", "Maximum")}
+    for q in queries.values():
+        if "metric" in q:
+            m = q["metric"]
+            assert m["metricName"] in metrics.PUBLISHED and m["period"] == 60
+            assert (m["namespace"], m["dimensions"]) == (metrics.NAMESPACE, {"Endpoint": "chat"})
+
+
+# --- the idle rule over minute-by-minute gate data ------------------------------------------------
+# A minute's datapoint per metric (None: the gate published nothing that minute).
+Minutes = list[dict[str, float | None]]
+
+
+class _Series(list[float | None]):
+    """A metric math time series: arithmetic is missing where either side is (as in CloudWatch)."""
+
+    def __add__(self, other: object) -> _Series:  # type: ignore[override]
+        assert isinstance(other, _Series)
+        return _Series(None if a is None or b is None else a + b for a, b in zip(self, other, strict=True))
+
+
+def _fill(s: _Series, value: float) -> _Series:
+    return _Series(value if v is None else v for v in s)
+
+
+def _alarm_series(alarm: dict[str, object], minutes: Minutes) -> _Series:
+    """What the alarm compares with its threshold, minute by minute."""
+    if "metricQueries" not in alarm:  # a plain single-metric alarm
+        return _Series(m.get(str(alarm["metricName"])) for m in minutes)
+    queries: list[dict[str, object]] = alarm["metricQueries"]  # type: ignore[assignment]
+    ns: dict[str, object] = {"FILL": _fill}
+    for q in queries:
+        if "metric" in q:
+            name = str(q["metric"]["metricName"])  # type: ignore[index]
+            ns[str(q["id"])] = _Series(m.get(name) for m in minutes)
+    (returned,) = [q for q in queries if q["returnData"]]
+    # the expressions the component writes use only FILL, + and metric ids
+    return eval(str(returned["expression"]), {"__builtins__": {}}, ns)
+
+
+def _fires(alarm: dict[str, object], minutes: Minutes) -> bool:
+    """Whether `periods` consecutive minutes breach (missing data per treatMissingData)."""
+    assert alarm["comparisonOperator"] == "LessThanThreshold"
+    missing_breaches = alarm["treatMissingData"] == "breaching"
+    breach = [missing_breaches if v is None else v < float(alarm["threshold"])  # type: ignore[arg-type]
+              for v in _alarm_series(alarm, minutes)]
+    n = int(alarm["evaluationPeriods"])  # type: ignore[call-overload]
+    return any(all(breach[i:i + n]) for i in range(len(breach) - n + 1))
+
+
+def _minutes(requests: list[float | None], in_flight: list[float | None]) -> Minutes:
+    return [{"Requests": r, "InFlight": f} for r, f in zip(requests, in_flight, strict=True)]
+
+
+def test_a_stream_longer_than_the_idle_timeout_keeps_its_replica() -> None:
+    alarm = stack_graph("dev").one(ALARM, "scaling-idle").inputs
+    # one request at minute 0 streams for 12 minutes: no new request after the first minute
+    stream = _minutes([1] + [0] * 11 + [0] * 6, [1] * 12 + [0] * 6)
+    assert not _fires(alarm, stream[:12])
+    # ... and once it has finished, 5 idle minutes scale the endpoint to zero
+    assert _fires(alarm, stream)
+    # a minute in which the gate's Requests datapoint went missing does not hide the stream
+    gap = _minutes([1, None, None, None, None, None, 0], [1] * 7)
+    assert not _fires(alarm, gap)
+    # no gate publishing at all: nobody is calling
+    assert _fires(alarm, _minutes([None] * 5, [None] * 5))
+    # steady traffic never idles
+    assert not _fires(alarm, _minutes([3] * 20, [0] * 20))
 
 
 def test_active_never_goes_below_min() -> None:

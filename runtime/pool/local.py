@@ -470,6 +470,7 @@ class LocalPool(ReplicaPool):
                 "standby": None if sb is None else {"pid": sb.proc.pid, "ready": sb.ready(), "log": str(sb.log_path)},
                 "events": self.events[-50:],
             }
-        tmp = self.state_path.with_suffix(f".tmp.{os.getpid()}")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.state_path)
+            # Under the lock, and one temp name per thread: the monitor and close() both write.
+            tmp = self.state_path.with_suffix(f".tmp.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_text(json.dumps(state, indent=1))
+            tmp.replace(self.state_path)

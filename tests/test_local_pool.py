@@ -1,0 +1,109 @@
+"""The local pool's Flex rule and its refusals, without starting vLLM (the e2e tests do that).
+
+A pool with no demand starts nothing, so these run in milliseconds; `target(now=...)` lets the
+idle window pass without sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.gate.config import GateConfig
+from runtime.pool.local import LocalPool
+from warmstart.spec import load_variant
+
+
+def config(**pool: object) -> GateConfig:
+    return GateConfig.parse({
+        "endpoint": "local", "served_name": "smollm2-135m", "replica_cap": 30,
+        "pool": {"kind": "local", "variant": "smollm2-135m-cpu", **pool},
+    })
+
+
+@pytest.fixture()
+def make_pool(tmp_path: Path):  # type: ignore[no-untyped-def]
+    pools: list[LocalPool] = []
+
+    def make(**pool: object) -> LocalPool:
+        p = LocalPool(config(**pool), home=tmp_path / "home", weights_dir=tmp_path / "w", standby=False,
+                      tick_s=3600)
+        pools.append(p)
+        return p
+
+    yield make
+    for p in pools:
+        p.close()
+
+
+def test_no_demand_means_no_replicas(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = make_pool(max_replicas=3, idle_timeout_s=300)
+    assert pool.target() == 0
+    snap = pool.snapshot()
+    assert snap.ready == () and snap.starting == 0 and not snap.stopped
+
+
+def test_wake_then_idle_window(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = make_pool(max_replicas=3, idle_timeout_s=5)
+    now = time.monotonic()
+    pool._demand.append((now, 1))  # what wake() records, without letting the monitor act on it
+    assert pool.target(now) == 1
+    assert pool.target(now + 4.9) == 1
+    assert pool.target(now + 5.1) == 0  # Flex: idle for idle_timeout_s → zero
+
+
+def test_scale_out_follows_peak_demand_up_to_max(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = make_pool(max_replicas=3, idle_timeout_s=10)
+    now = time.monotonic()
+    for t, n in ((now, 1), (now + 1, 3), (now + 2, 2)):
+        pool._demand.append((t, n))
+    assert pool.target(now + 2) == 3
+    assert pool.target(now + 11.5) == 2  # the peak of 3 left the window
+    assert pool.target(now + 12.5) == 0
+
+
+def test_min_replicas_is_a_floor(make_pool) -> None:  # type: ignore[no-untyped-def]
+    pool = make_pool(min_replicas=1, max_replicas=2, idle_timeout_s=1)
+    assert pool.target(time.monotonic() + 100) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(in_flight=st.integers(0, 500), cap=st.integers(1, 64), mx=st.integers(1, 8))
+def test_report_demand_is_the_ceil_rule(tmp_path_factory: pytest.TempPathFactory, in_flight: int, cap: int,
+                                        mx: int) -> None:
+    cfg = GateConfig.parse({
+        "endpoint": "local", "served_name": "smollm2-135m", "replica_cap": cap,
+        "pool": {"kind": "local", "variant": "smollm2-135m-cpu", "max_replicas": mx},
+    })
+    pool = LocalPool(cfg, home=tmp_path_factory.mktemp("h"), weights_dir=Path("/nonexistent"), standby=False,
+                     tick_s=3600)
+    try:
+        pool._demand.append((time.monotonic(), 0))
+        needed = -(-in_flight // cap)
+        with pool._lock:  # record the demand without waking the monitor (it would start vLLM)
+            pool._demand.append((time.monotonic(), min(mx, needed)))
+        assert pool.target() == min(mx, needed)
+    finally:
+        pool.close()
+
+
+def test_refuses_gpu_variants_and_other_kinds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a GPU"):
+        LocalPool(config(), variant=load_variant("llama31-8b-fp8-l4"), home=tmp_path, standby=False)
+    static = GateConfig.parse({"endpoint": "e", "served_name": "m",
+                               "pool": {"kind": "static", "upstreams": ["http://127.0.0.1:1"]}})
+    with pytest.raises(ValueError, match="pool.kind='local'"):
+        LocalPool(static, home=tmp_path, standby=False)
+
+
+def test_state_file_after_close(make_pool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    pool = make_pool()
+    pool.close()
+    state = json.loads((tmp_path / "home" / "state.json").read_text())
+    assert state["closed"] is True and state["replicas"] == [] and state["standby"] is None

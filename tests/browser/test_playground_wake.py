@@ -9,6 +9,7 @@ one ready replica, which is the real deterministic upstream.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
@@ -25,6 +27,7 @@ from runtime.gate.config import GateConfig
 from runtime.gate.keys import CachedKeyStore, open_key_store
 from runtime.gate.store import MemoryStore
 from runtime.pool.base import PoolSnapshot, Replica, ReplicaPool
+from warmstart.monitoring.cli import metrics
 from warmstart.testing.net import free_port
 from warmstart.testing.upstream import UpstreamProcess
 
@@ -110,3 +113,11 @@ def test_first_request_after_idle_shows_waking_then_streams(
     assert pool.wakes >= 1
     # The held response's headers describe missing capacity (0 of 0), not the key's daily count.
     assert chromium.find_element(By.ID, "remaining").text != "0"
+
+    # Idle again, the pool scales to zero with no request to refresh the gate's replica gauge:
+    # `endpoint metrics` still reports the pool as it is now.
+    live = json.loads(CliRunner().invoke(metrics, ["--local", "--url", url, "--json"]).output)
+    assert (live["replicas_ready"], live["replicas_starting"]) == (1, 0)
+    pool.woken_at = None
+    live = json.loads(CliRunner().invoke(metrics, ["--local", "--url", url, "--json"]).output)
+    assert (live["replicas_ready"], live["replicas_starting"]) == (0, 0)

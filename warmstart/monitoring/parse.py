@@ -13,12 +13,13 @@ ws_lease_leaks_total, ws_replicas{state}.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -199,7 +200,13 @@ def parse_metrics(text: str, at: float | None = None) -> Scrape:
 
 
 def scrape(url: str, timeout: float = 10.0) -> Scrape:
-    """GET <url>/metrics (url is the gate's base, with or without /metrics or /v1)."""
+    """GET <url>/metrics (url is the gate's base, with or without /metrics or /v1), with the
+    replica counts taken live from /healthz when the gate answers it.
+
+    The gate sets its ws_replicas gauge when a request arrives, so during idle (exactly when a Flex
+    endpoint scales to zero) the gauge still shows the last request's pool; /healthz asks the
+    pool now.
+    """
     base = url.rstrip("/")
     base = base.removesuffix("/metrics").removesuffix("/v1")
     target = f"{base}/metrics"
@@ -215,7 +222,29 @@ def scrape(url: str, timeout: float = 10.0) -> Scrape:
         raise OperationError(
             f"cannot read {target} ({reason}); start the endpoint (`make local`) or pass --url"
         ) from None
-    return parse_metrics(text)
+    result = parse_metrics(text)
+    live = _healthz(f"{base}/healthz", timeout)
+    if live is not None:
+        result = replace(result, replicas_ready=live[0], replicas_starting=live[1])
+    return result
+
+
+def _healthz(url: str, timeout: float) -> tuple[float, float] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as e:  # 503 (store down) still reports the pool
+        body = e.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        data = json.loads(body)
+        ready, starting = data["ready"], data["starting"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (ready, starting)):
+        return None
+    return float(ready), float(starting)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -293,7 +292,7 @@ class Edge(pulumi.ComponentResource):
                     volume_size=args.gate_root_gib, volume_type="gp3", encrypted="true",
                     delete_on_termination="true"),
             )],
-            user_data=base64.b64encode(self.user_data.encode()).decode(),
+            user_data=cloudinit.encode(self.user_data),
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=named(t, gate_asg_name)),
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=named(t, gate_asg_name)),

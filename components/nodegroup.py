@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -170,7 +169,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
                     ),
                 ),
             ],
-            user_data=base64.b64encode(self.user_data.encode()).decode(),
+            user_data=cloudinit.encode(self.user_data),
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=named(t, asg_name)),
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=named(t, asg_name)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -60,7 +59,7 @@ def test_volume_initialization_rate_where_configured() -> None:
 
 def test_user_data_is_the_rendered_replica_cloud_config() -> None:
     g = stack_graph("prod")
-    ud = base64.b64decode(replica_lt(g).inputs["userData"]).decode()
+    ud = cloudinit.decode(replica_lt(g).inputs["userData"])
     expected = cloudinit.render_replica(cloudinit.ReplicaUserData(
         variant=load_variant("llama31-8b-eagle3-l40s"), image_uri=stack_values("prod")["warmstart:imageUri"],
         region="us-east-1", log_group=naming.replica_log_group("prod", "chat"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import importlib
 import json
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from runtime.image import cloudinit
 from stacks.config import parse_stack_config, read_stack_file
 from stacks.preview import Graph
 from warmstart import docs
@@ -70,7 +70,7 @@ def test_endpoint_image_overrides_the_stack_image() -> None:
     values = with_endpoint("dev", image_uri="111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2")
     values.pop("warmstart:imageUri")
     g = render_values(values)
-    ud = base64.b64decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "replicas-lt").inputs["userData"]).decode()
+    ud = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "replicas-lt").inputs["userData"])
     assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2" in ud
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -54,13 +55,15 @@ def _fail_on(findings: list[Finding]) -> None:
     assert not bad, "unaccepted validator findings:\n" + "\n".join(bad)
 
 
+def encoded_user_data() -> dict[str, str]:
+    """name -> user data as the launch template carries it, for every environment."""
+    return {f"{env}/{lt.name}": lt.inputs["userData"]
+            for env in ENVS for lt in stack_graph(env).of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+
+
 def user_data() -> dict[str, str]:
-    """name -> cloud-config text, for every launch template of every environment."""
-    out = {}
-    for env in ENVS:
-        for lt in stack_graph(env).of_type("aws:ec2/launchTemplate:LaunchTemplate"):
-            out[f"{env}/{lt.name}"] = base64.b64decode(lt.inputs["userData"]).decode()
-    return out
+    """name -> cloud-config text (decompressed), for every launch template of every environment."""
+    return {name: cloudinit.decode(e) for name, e in encoded_user_data().items()}
 
 
 def scripts() -> dict[str, str]:
@@ -139,6 +142,35 @@ def test_parliament_catches_a_bad_document() -> None:
 
 def test_user_data_passes_cloud_init_schema() -> None:
     _fail_on(list(cloud_init_findings()))
+
+
+def test_user_data_fits_the_ec2_limit_with_room() -> None:
+    """EC2 refuses user data over 16 KB; the replica's ran at ~15 KB base64 before compression."""
+    encoded = encoded_user_data()
+    assert len(encoded) == 2 * len(ENVS)
+    for name, e in encoded.items():
+        # Half the limit: room for the next script or unit, and the base64 form bounds the raw one.
+        assert len(e) < cloudinit.USER_DATA_LIMIT // 2, f"{name}: {len(e)} bytes of user data"
+        assert base64.b64decode(e)[:2] == b"\x1f\x8b", f"{name}: not gzip-compressed"
+
+
+def test_cloud_init_reads_the_compressed_user_data(tmp_path: Path) -> None:
+    """Debian's cloud-init (the code a machine boots with) decompresses what the launch template carries
+    into the very cloud-config the schema check validates."""
+    interpreter = Path(shutil.which("cloud-init") or "cloud-init").read_text().splitlines()[0].removeprefix("#!")
+    reader = ("import sys\nfrom cloudinit.user_data import UserDataProcessor\n"
+              "msg = UserDataProcessor({}).process(open(sys.argv[1], 'rb').read())\n"
+              "parts = [p for p in msg.walk() if not p.is_multipart()]\n"
+              "assert [p.get_content_type() for p in parts] == ['text/cloud-config'], parts\n"
+              "sys.stdout.buffer.write(parts[0].get_payload(decode=True))\n")
+    for name, e in encoded_user_data().items():
+        if not name.startswith("prod/"):
+            continue
+        f = tmp_path / "user-data"
+        f.write_bytes(base64.b64decode(e))
+        p = subprocess.run([interpreter.strip(), "-c", reader, str(f)], capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stderr.decode()
+        assert p.stdout.decode() == cloudinit.decode(e), name
 
 
 def test_cloud_init_schema_catches_a_bad_document(tmp_path: Path) -> None:

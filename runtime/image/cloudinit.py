@@ -8,6 +8,8 @@ a placeholder token that the boot script replaces from IMDSv2 (see templates/rep
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shlex
 from collections.abc import Iterable
@@ -280,6 +282,25 @@ def render_gate(ud: GateUserData) -> str:
         ],
     }
     return _cloud_config(doc)
+
+
+# EC2 refuses user data over 16 KB (raw, before base64). The replica's cloud-config embeds its
+# scripts and units (~11 KB raw, ~15 KB base64), so launch templates carry it gzip-compressed:
+# cloud-init recognises gzip by its magic bytes and decompresses it before parsing.
+USER_DATA_LIMIT = 16384
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def encode(user_data: str) -> str:
+    """base64(gzip(user data)), for LaunchTemplate.user_data. mtime=0 keeps it byte-stable across
+    renders, so an unchanged program never shows a launch template diff (nor a new version)."""
+    return base64.b64encode(gzip.compress(user_data.encode(), compresslevel=9, mtime=0)).decode()
+
+
+def decode(encoded: str) -> str:
+    """The user data document as cloud-init reads it, from what a launch template carries."""
+    raw = base64.b64decode(encoded)
+    return (gzip.decompress(raw) if raw[:2] == _GZIP_MAGIC else raw).decode()
 
 
 def parse(user_data: str) -> dict[str, Any]:

@@ -5,7 +5,10 @@
 Runs in its own process (asyncio + aiohttp, one event loop), so its CPU never counts as the
 proxy's and its event loop never shares a GIL with the process being measured. Each client
 keeps one keep-alive connection (as an SDK client does) and sends streamed chat completions
-back to back until the time or request bound. Prints one JSON object on stdout:
+back to back until the time or request bound. Client i starts i/C of `--ramp` seconds late:
+with streams of equal length, clients that all start together stay in lock-step and hit the
+proxy as one burst every cycle (a closed-loop artifact no real traffic has), so the ramp is one
+stream's length and arrivals stay spread evenly. Prints one JSON object on stdout:
 
     {"concurrency": C, "wall_s": ..., "requests": [[latency_s, ttft_s, events, status], ...]}
 
@@ -67,7 +70,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, headers: dict[st
 
 
 async def run(url: str, key: str, model: str, concurrency: int, duration_s: float, max_requests: int,
-              timeout_s: float) -> dict[str, Any]:
+              timeout_s: float, ramp_s: float = 0.0) -> dict[str, Any]:
     target = f"{url}/chat/completions"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     body = json.dumps({
@@ -79,16 +82,17 @@ async def run(url: str, key: str, model: str, concurrency: int, duration_s: floa
     issued = 0
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=None)
     t_start = time.perf_counter()
-    deadline = t_start + duration_s
+    deadline = t_start + ramp_s + duration_s
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(session: aiohttp.ClientSession, i: int) -> None:
         nonlocal issued
+        await asyncio.sleep(ramp_s * i / concurrency)
         while time.perf_counter() < deadline and issued < max_requests:
             issued += 1
             samples.append(await one_request(session, target, headers, body, timeout_s))
 
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        await asyncio.gather(*(client(session, i) for i in range(concurrency)))
     return {"concurrency": concurrency, "wall_s": time.perf_counter() - t_start,
             "requests": [list(s) for s in samples]}
 
@@ -102,11 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="stop issuing after this many seconds")
     p.add_argument("--max-requests", type=int, default=100_000)
     p.add_argument("--timeout", type=float, default=60.0, help="bound on one request")
+    p.add_argument("--ramp", type=float, default=0.0, help="spread the clients' first requests over this many s")
     a = p.parse_args(argv)
     if not 1 <= a.concurrency <= 4096:
         raise SystemExit(f"error: --concurrency {a.concurrency} is out of range; use 1..4096")
     result = asyncio.run(run(_loopback_only(a.url), a.key, a.model, a.concurrency, a.duration,
-                             a.max_requests, a.timeout))
+                             a.max_requests, a.timeout, a.ramp))
     json.dump(result, sys.stdout)
 
 

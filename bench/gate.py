@@ -91,9 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def run_load(url: str, key: str, concurrency: int, duration: float) -> dict[str, Any]:
+def run_load(url: str, key: str, concurrency: int, duration: float, ramp: float = 0.0) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench._load", "--url", f"{url}/v1", "--key", key, "--model", MODEL,
-            "--concurrency", str(concurrency), "--duration", str(duration), "--timeout", "60"]
+            "--concurrency", str(concurrency), "--duration", str(duration), "--timeout", "60",
+            "--ramp", str(ramp)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, cwd=_procs.ROOT,
                          env={**os.environ, "PYTHONPATH": str(_procs.ROOT)})
     if out.returncode != 0:
@@ -150,6 +151,8 @@ def measure(a: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
         idle_rate = {n: max(0.0, (p.cpu_s() - before[n]) / idle_s) for n, p in proxies.items()}
         log("idle CPU: " + ", ".join(f"{n} {r * 1000:.0f} ms/s" for n, r in idle_rate.items()))
 
+        # One stream's length: the load generator spreads its clients' starts over it (see _load.py).
+        ramp = (a.first_token_ms + a.tokens * a.interval_ms) / 1000
         windows: dict[tuple[str, int], _report.Window] = {}
         for level in a.levels:
             duration = a.duration * (2 if level == 1 else 1)
@@ -160,7 +163,7 @@ def measure(a: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
                     cpu0 = proxy.cpu_s() if proxy else None
                     up0 = upstream.cpu_s()
                     t0 = time.monotonic()
-                    data = run_load((proxy or upstream).url, key, level, duration)
+                    data = run_load((proxy or upstream).url, key, level, duration, ramp)
                     cpu = None
                     if proxy and cpu0 is not None:
                         cpu = max(0.0, proxy.cpu_s() - cpu0 - idle_rate[name] * (time.monotonic() - t0))
@@ -203,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_stats": result["upstream_stats"], "idle_cpu_ms_per_s": result["idle_cpu_ms_per_s"],
     }
     lines = [
-        f"{meta['date']} · `{command}` · {meta['cpus']} CPUs ({meta['cpu_model']}), load average before "
-        f"{load0[0]:.1f} · upstream: {a.tokens} tokens, {a.interval_ms:g} ms apart, first after "
+        f"{meta['date']} · `{command}` · {meta['cpus']} CPUs ({meta['cpu_model']}), 1-min load average "
+        f"{load0[0]:.1f} before, {meta['loadavg_after'][0]:.1f} after · upstream: {a.tokens} tokens, {a.interval_ms:g} ms apart, first after "
         f"{a.first_token_ms:g} ms" + (f" · LiteLLM {meta['litellm']}" if meta["litellm"] else ""),
         "",
         _report.table(rows),

@@ -73,7 +73,7 @@ class Deployment(pulumi.ComponentResource):
             gate_security_group_id=edge.gate_security_group_id, snapshot_id=weights.snapshot_id,
             log_group_arn=monitoring.replica_log_group.arn, min_size=min_size, max_size=max_size,
             warm_pool_size=ep.warm_pool_size, tags=tags,
-            volume_initialization_rate=ep.volume_initialization_rate,
+            volume_initialization_rate=ep.volume_initialization_rate, drain_timeout_s=ep.request_timeout_s,
             boot_before=[monitoring.replica_log_group],
         ), opts=child(self))
         Scaling(f"{name}-scaling", ScalingArgs(

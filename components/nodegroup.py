@@ -8,7 +8,9 @@
   throughput/IOPS so the model loads fast), cloud-init that starts exactly the launcher's argv.
 - ASG: min 0 (Flex) or min_replicas (Active), max from the plan, desired capacity owned by the
   scaler and the gate (ignored by Pulumi), a launch lifecycle hook that makes "InService" mean
-  "vLLM answers /health", and a warm pool of Stopped instances whose volumes were pre-read.
+  "vLLM answers /health", a termination lifecycle hook during which the replica drains its
+  running streams (runtime/image/scripts/drain.sh), and a warm pool of Stopped instances whose
+  volumes were pre-read.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ from warmstart.spec import Variant
 # share one AMI and a new AMI arrives with a deploy (and an instance refresh), never silently.
 GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
 LAUNCH_HOOK = "warmstart-launch"
+# Scale-in, stop and instance refresh wait on this hook while drain.sh lets running streams end.
+TERMINATE_HOOK = "warmstart-terminate"
+# The hook's heartbeat beyond the drain bound: drain.sh's polls, stopping vLLM, the API call.
+DRAIN_MARGIN_S = 300
 
 
 def replica_role_name(environment: str, endpoint: str) -> str:
@@ -72,6 +78,8 @@ class GpuNodeGroupArgs:
     weights_throughput_mibps: int = 1000
     health_check_grace_s: int = 900
     ready_wait_s: int = 1800
+    # How long a leaving replica lets its running requests finish (the endpoint's request timeout).
+    drain_timeout_s: int = 600
     port: int = DEFAULT_PORT
     ami_parameter: str = GPU_AMI_PARAMETER
     boot_before: Sequence[pulumi.Resource] = ()
@@ -135,6 +143,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             variant=args.variant, image_uri=args.image_uri, region=args.region,
             log_group=naming.replica_log_group(env, ep), asg_name=asg_name, launch_hook_name=LAUNCH_HOOK,
             port=args.port, ready_wait_s=args.ready_wait_s,
+            terminate_hook_name=TERMINATE_HOOK, drain_timeout_s=args.drain_timeout_s,
         ))
         ami = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=invoke(self)).value
         lt = aws.ec2.LaunchTemplate(
@@ -220,6 +229,15 @@ class GpuNodeGroup(pulumi.ComponentResource):
             # Desired capacity belongs to the scaling policies and the gate's wake-ups; a deploy
             # must never reset it (that would kill serving replicas or undo a wake).
             opts=child(self, ignore_changes=["desiredCapacity"], depends_on=list(args.boot_before)),
+        )
+        # Its own resource, not an initial hook: initial hooks apply only when a group is created,
+        # and groups deployed before this hook existed need it too.
+        aws.autoscaling.LifecycleHook(
+            f"{name}-terminate-hook", name=TERMINATE_HOOK, autoscaling_group_name=asg.name,
+            lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+            # If drain.sh never answers, the replica still goes once the heartbeat runs out.
+            default_result="CONTINUE", heartbeat_timeout=args.drain_timeout_s + DRAIN_MARGIN_S,
+            opts=child(self),
         )
         self.asg_name = asg.name
         self.security_group_id = sg.id

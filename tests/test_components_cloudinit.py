@@ -15,8 +15,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from runtime.image import cloudinit
 from runtime.replica.launcher import build_command
@@ -83,14 +85,9 @@ def imds() -> Iterator[int]:
     server.server_close()
 
 
-def _boot(tmp_path: Path, imds_port: int, state: str, scripts: dict[str, str]) -> tuple[Machine, str]:
-    """Lay the rendered cloud-config's files out under tmp_path and run the boot script."""
-    _Imds.state = state
-    variant = load_variant("llama31-8b-eagle3-l40s")
-    ud = cloudinit.ReplicaUserData(variant=variant, image_uri=IMAGE, region="us-east-1", log_group="/w/r",
-                                   asg_name="ws-prod-chat-replicas", launch_hook_name="warmstart-launch",
-                                   port=imds_port, ready_wait_s=10, scripts=scripts)
-    user_data = cloudinit.render_replica(ud)
+def _lay_out(tmp_path: Path, user_data: str) -> tuple[Path, dict[str, str], Path]:
+    """The rendered cloud-config's files under tmp_path/machine, PATH shims for docker/aws/systemctl
+    that log their argv; returns the root, the environment to run its scripts in, and the log."""
     root = tmp_path / "machine"
     for f in cloudinit.parse(user_data)["write_files"]:
         p = root / f["path"].lstrip("/")
@@ -114,8 +111,20 @@ def _boot(tmp_path: Path, imds_port: int, state: str, scripts: dict[str, str]) -
                         + ('if [[ " $* " == *" --password-stdin "* ]]; then cat > /dev/null; fi\n' if cmd == "docker" else ""))
         shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "WARMSTART_BOOT_ENV": str(env_file),
-           "WARMSTART_IMDS": f"http://{IP}:{imds_port}", "WARMSTART_SYSTEMCTL": str(shims / "systemctl"),
-           "STATE_WAIT_TRIES": "3"}
+           "WARMSTART_SYSTEMCTL": str(shims / "systemctl")}
+    return root, env, log
+
+
+def _boot(tmp_path: Path, imds_port: int, state: str, scripts: dict[str, str]) -> tuple[Machine, str]:
+    """Lay the rendered cloud-config's files out under tmp_path and run the boot script."""
+    _Imds.state = state
+    variant = load_variant("llama31-8b-eagle3-l40s")
+    ud = cloudinit.ReplicaUserData(variant=variant, image_uri=IMAGE, region="us-east-1", log_group="/w/r",
+                                   asg_name="ws-prod-chat-replicas", launch_hook_name="warmstart-launch",
+                                   port=imds_port, ready_wait_s=10, scripts=scripts)
+    user_data = cloudinit.render_replica(ud)
+    root, env, log = _lay_out(tmp_path, user_data)
+    env = {**env, "WARMSTART_IMDS": f"http://{IP}:{imds_port}", "STATE_WAIT_TRIES": "3"}
     boot = root / cloudinit.BIN_DIR.lstrip("/") / "replica-boot.sh"
     proc = subprocess.run([str(boot)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -144,6 +153,7 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     assert ["docker", "pull", "--quiet", IMAGE] in calls
     assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
     assert ["systemctl", "start", "warmstart-replica.service"] in calls
+    assert ["systemctl", "start", "warmstart-drain.service"] in calls  # scale-in lets its streams finish
     phases = [c[-1].removeprefix("Key=warmstart:phase,Value=") for c in calls if c[:3] == ["aws", "ec2", "create-tags"]]
     assert phases == ["loading-weights", "warming", "ready"]
     assert all(c[c.index("--resources") + 1] == INSTANCE for c in calls if c[:3] == ["aws", "ec2", "create-tags"])
@@ -160,7 +170,7 @@ def test_warm_pool_boot_runs_the_hook_instead_of_serving(tmp_path: Path, imds: i
     assert not (machine.root / cloudinit.RUN_DIR.lstrip("/") / "engine.sh").exists()
     calls = machine.calls()
     assert ["docker", "pull", "--quiet", IMAGE] in calls  # the image is cached before the stop
-    assert not any(c[1:2] == ["start"] for c in calls)
+    assert not any(c[1:2] == ["start"] for c in calls)  # neither the engine nor the drain watcher
     assert not any(c[:2] == ["aws", "autoscaling"] for c in calls)
 
 
@@ -196,3 +206,119 @@ def test_gate_user_data() -> None:
     assert argv[argv.index(IMAGE) + 1:] == list(cloudinit.GATE_COMMAND)
     assert "AWS_REGION=us-east-1" in argv[:argv.index(IMAGE)]
     assert [f"{cloudinit.BIN_DIR}/gate-boot.sh"] in doc["runcmd"]
+
+
+# --- drain: a leaving replica lets its requests finish -------------------------------------------
+
+
+class _Leaving(http.server.BaseHTTPRequestHandler):
+    """IMDSv2 whose target lifecycle state follows `states`, and vLLM's /metrics whose running +
+    waiting requests follow `busy` (the last value of each repeats). `events` records the order."""
+
+    states: list[str] = []
+    busy: list[tuple[int, int]] = []
+    events: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        self._send(200, TOKEN.encode()) if ok else self._send(400, b"")
+
+    @staticmethod
+    def _next(seq: list[Any]) -> Any:
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            running, waiting = self._next(self.busy)
+            self.events.append(f"metrics:{running + waiting}")
+            self._send(200, _vllm_metrics(running, waiting))
+            return
+        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+            self._send(401, b"")
+            return
+        key = self.path.removeprefix("/latest/meta-data/")
+        if key == "autoscaling/target-lifecycle-state":
+            state = self._next(self.states)
+            self.events.append(f"state:{state}")
+            self._send(200, state.encode())
+        elif key in ("instance-id", "local-ipv4"):
+            self._send(200, (INSTANCE if key == "instance-id" else IP).encode())
+        else:
+            self._send(404, b"")
+
+
+def _vllm_metrics(running: int, waiting: int) -> bytes:
+    """vLLM's gauges, as its Prometheus logger declares them (vllm/v1/metrics/loggers.py)."""
+    reg = CollectorRegistry()
+    labels = ["model_name", "engine"]
+    for name, value in (("vllm:num_requests_running", running), ("vllm:num_requests_waiting", waiting)):
+        Gauge(name, "requests", labels, registry=reg).labels(model_name="default", engine="0").set(value)
+    Counter("vllm:num_preemptions", "not a request count", labels, registry=reg).labels(
+        model_name="default", engine="0").inc(7)
+    return generate_latest(reg)
+
+
+@pytest.fixture
+def leaving() -> Iterator[int]:
+    port = free_port()
+    server = http.server.ThreadingHTTPServer((IP, port), _Leaving)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def _drain(tmp_path: Path, port: int, states: list[str], busy: list[tuple[int, int]],
+           timeout_s: int = 600) -> tuple[list[list[str]], list[str]]:
+    """Run the shipped drain.sh as the rendered user data installs it; returns (calls, events)."""
+    _Leaving.states, _Leaving.busy, _Leaving.events = list(states), list(busy), []
+    ud = cloudinit.render_replica(cloudinit.ReplicaUserData(
+        variant=load_variant("llama31-8b-eagle3-l40s"), image_uri=IMAGE, region="us-east-1", log_group="/w/r",
+        asg_name="ws-prod-chat-replicas", launch_hook_name="warmstart-launch", port=port,
+        terminate_hook_name="warmstart-terminate", drain_timeout_s=timeout_s))
+    unit = cloudinit.written_file(ud, "/etc/systemd/system/warmstart-drain.service")
+    assert f"ExecStart={cloudinit.BIN_DIR}/drain.sh" in unit.splitlines()
+    root, env, log = _lay_out(tmp_path, ud)
+    env = {**env, "WARMSTART_IMDS": f"http://{IP}:{port}", "DRAIN_POLL_S": "0.05"}
+    proc = subprocess.run([str(root / cloudinit.BIN_DIR.lstrip("/") / "drain.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    return calls, list(_Leaving.events)
+
+
+@pytest.mark.parametrize("leaving_to", ["Terminated", "Warmed:Stopped"])
+def test_drain_waits_for_running_requests_then_continues(tmp_path: Path, leaving: int, leaving_to: str) -> None:
+    busy = [(2, 0), (1, 1), (1, 0), (0, 0), (0, 1), (0, 0), (0, 0)]
+    calls, events = _drain(tmp_path, leaving, ["InService"] * 4 + [leaving_to], busy)
+    # nothing happens while the replica serves
+    first_metrics = next(i for i, e in enumerate(events) if e.startswith("metrics"))
+    assert events[:first_metrics] == ["state:InService"] * 4 + [f"state:{leaving_to}"]
+    # a zero seen once is not enough (a request routed just before the gate noticed may follow):
+    # it drains until two polls in a row see nothing running or queued
+    assert [e for e in events if e.startswith("metrics")] == [f"metrics:{r + w}" for r, w in busy]
+    tag, stop, complete = calls
+    assert tag[:3] == ["aws", "ec2", "create-tags"] and tag[tag.index("--resources") + 1] == INSTANCE
+    assert tag[-1] == "Key=warmstart:phase,Value=draining"
+    assert stop == ["systemctl", "stop", "warmstart-replica.service"]
+    assert complete[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]
+    args = dict(zip(complete[3::2], complete[4::2], strict=True))
+    assert args == {"--region": "us-east-1", "--auto-scaling-group-name": "ws-prod-chat-replicas",
+                    "--lifecycle-hook-name": "warmstart-terminate", "--instance-id": INSTANCE,
+                    "--lifecycle-action-result": "CONTINUE"}
+
+
+def test_drain_is_bounded_by_the_request_timeout(tmp_path: Path, leaving: int) -> None:
+    calls, events = _drain(tmp_path, leaving, ["Terminated"], [(1, 0)], timeout_s=1)
+    assert set(e for e in events if e.startswith("metrics")) == {"metrics:1"}  # never idle...
+    assert calls[-1][-2:] == ["--lifecycle-action-result", "CONTINUE"]  # ...and it lets go anyway

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.nodegroup import GPU_AMI_PARAMETER, LAUNCH_HOOK
+from components.nodegroup import DRAIN_MARGIN_S, GPU_AMI_PARAMETER, LAUNCH_HOOK, TERMINATE_HOOK
 from runtime.image import cloudinit
 from stacks.preview import Graph, _h
 from warmstart import naming
@@ -64,6 +64,7 @@ def test_user_data_is_the_rendered_replica_cloud_config() -> None:
         variant=load_variant("llama31-8b-eagle3-l40s"), image_uri=stack_values("prod")["warmstart:imageUri"],
         region="us-east-1", log_group=naming.replica_log_group("prod", "chat"),
         asg_name=naming.replica_asg_name("prod", "chat"), launch_hook_name=LAUNCH_HOOK,
+        terminate_hook_name=TERMINATE_HOOK, drain_timeout_s=600,
     ))
     assert ud == expected
 
@@ -135,3 +136,29 @@ def test_replica_role_is_least_privilege() -> None:
     assert wildcard == ["EcrLogin"]
     trust = json.loads(g.one("aws:iam/role:Role", "replicas-role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+@pytest.mark.parametrize(("env", "request_timeout_s"), [("dev", None), ("prod", None), ("dev", 1800)])
+def test_leaving_replicas_drain_through_a_termination_hook(env: str, request_timeout_s: int | None) -> None:
+    """Scale-in, stop and change-gpu's instance refresh wait while the replica's streams finish."""
+    g = render_values(with_endpoint(env, request_timeout_s=request_timeout_s)) if request_timeout_s \
+        else stack_graph(env)
+    timeout = request_timeout_s or 600  # the spec's default request timeout
+    (hook,) = g.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+    h = hook.inputs
+    assert h["name"] == TERMINATE_HOOK and h["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert h["autoscalingGroupName"] == replica_asg(g).inputs["name"] == naming.replica_asg_name(env, "chat")
+    # the heartbeat outlasts the drain (bounded by the request timeout), and then lets go
+    assert h["heartbeatTimeout"] == timeout + DRAIN_MARGIN_S and DRAIN_MARGIN_S >= 60
+    assert h["defaultResult"] == "CONTINUE"
+    env_file = cloudinit.written_file(cloudinit.decode(replica_lt(g).inputs["userData"]), cloudinit.BOOT_ENV)
+    assert {f"TERMINATE_HOOK_NAME={TERMINATE_HOOK}", f"DRAIN_TIMEOUT_S={timeout}"} <= set(env_file.splitlines())
+    # the role may complete exactly this group's actions and tag only its endpoint's instances' phase
+    doc = json.loads(g.one("aws:iam/rolePolicy:RolePolicy", "replicas-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["OwnLifecycleHook"]["Action"] == ["autoscaling:CompleteLifecycleAction"]
+    (asg_arn,) = by_sid["OwnLifecycleHook"]["Resource"]
+    assert asg_arn.endswith(f":autoScalingGroupName/{h['autoscalingGroupName']}")
+    tag = by_sid["OwnPhaseTag"]
+    assert tag["Action"] == ["ec2:CreateTags"]
+    assert tag["Condition"]["StringEquals"] == {"aws:ResourceTag/endpoint": "chat", "aws:ResourceTag/environment": env}

@@ -92,6 +92,10 @@ class ReplicaUserData:
     port: int = DEFAULT_PORT
     # How long a serving boot waits for vLLM's /health before it abandons the instance.
     ready_wait_s: int = 1800
+    # The EC2_INSTANCE_TERMINATING hook drain.sh completes, and how long it lets running requests
+    # finish first (the endpoint's request timeout; the hook's heartbeat is longer).
+    terminate_hook_name: str = "warmstart-terminate"
+    drain_timeout_s: int = 600
     scripts: dict[str, str] = field(default_factory=shipped_scripts)
 
     def docker_argv(self, host: str = HOST_TOKEN, instance_id: str = INSTANCE_TOKEN) -> list[str]:
@@ -127,6 +131,8 @@ class ReplicaUserData:
             "BIN_DIR": BIN_DIR,
             "WEIGHTS_MOUNT": WEIGHTS_MOUNT,
             "READY_WAIT_TRIES": str(max(self.ready_wait_s // 5, 1)),
+            "TERMINATE_HOOK_NAME": self.terminate_hook_name,
+            "DRAIN_TIMEOUT_S": str(self.drain_timeout_s),
         }
 
 
@@ -195,6 +201,16 @@ def render_replica(ud: ReplicaUserData) -> str:
                  "ExecStop": f"/usr/bin/docker stop --time 30 {REPLICA_CONTAINER}",
                  "Restart": "always", "RestartSec": "5"},
                 after=("docker.service",), requires=("docker.service",), mounts=WEIGHTS_MOUNT,
+            ),
+        ),
+        _file(
+            "/etc/systemd/system/warmstart-drain.service",
+            # Started by the serving boot, never enabled: a warm-pool preparation boot has nothing
+            # to drain (warm-pool-hook.sh completes that lifecycle action).
+            _unit(
+                "warmstart drain: finish running requests before the ASG removes this replica",
+                {"ExecStart": f"{BIN_DIR}/drain.sh", "Restart": "on-failure", "RestartSec": "5"},
+                after=("network-online.target",),
             ),
         ),
     ]

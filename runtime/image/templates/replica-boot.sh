@@ -51,6 +51,8 @@ sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
   "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
 mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
 "$SYSTEMCTL" start warmstart-replica.service
+# From now on a scale-in or refresh lets this replica's requests finish first (drain.sh).
+"$SYSTEMCTL" start warmstart-drain.service
 phase warming
 
 complete() {

@@ -29,6 +29,13 @@ done
 instance_id="$(meta instance-id)"
 private_ip="$(meta local-ipv4)"
 
+# A serving boot: from now on, leaving the group (scale-in, stop, refresh, or an abandoned boot)
+# goes through drain.sh, which lets running requests finish and completes the termination hook.
+# Started before anything here can fail, so a failed boot is not kept for the hook's heartbeat.
+if [ "$state" != "Warmed:Stopped" ]; then
+  "$SYSTEMCTL" start warmstart-drain.service
+fi
+
 if [[ "$IMAGE_URI" == *.dkr.ecr.*.amazonaws.com/* ]]; then
   aws ecr get-login-password --region "$REGION" \
     | docker login --username AWS --password-stdin "${IMAGE_URI%%/*}"
@@ -51,8 +58,6 @@ sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
   "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
 mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
 "$SYSTEMCTL" start warmstart-replica.service
-# From now on a scale-in or refresh lets this replica's requests finish first (drain.sh).
-"$SYSTEMCTL" start warmstart-drain.service
 phase warming
 
 complete() {

@@ -52,7 +52,8 @@ def test_flex_scales_to_zero_after_idle_timeout(env: str) -> None:
     for q in queries.values():
         if "metric" in q:
             m = q["metric"]
-            assert m["metricName"] in metrics.PUBLISHED and m["period"] == 60
+            # a unit other than the one the gate publishes with would read no data: "idle"
+            assert m["unit"] == metrics.PUBLISHED[m["metricName"]][0] and m["period"] == 60
             assert (m["namespace"], m["dimensions"]) == (metrics.NAMESPACE, {"Endpoint": "chat"})
 
 

@@ -107,3 +107,34 @@ def test_state_file_after_close(make_pool, tmp_path: Path) -> None:  # type: ign
     pool.close()
     state = json.loads((tmp_path / "home" / "state.json").read_text())
     assert state["closed"] is True and state["replicas"] == [] and state["standby"] is None
+
+
+def test_corrupted_cache_is_rehydrated_before_a_start(tmp_path: Path) -> None:
+    """The check every replica start runs first: a cache whose weights fail the manifest's sha256
+    is rebuilt from the variant's source before vLLM may read it."""
+    import shutil
+
+    from runtime.replica import weights
+    from warmstart.testing.vllm_server import local_model_dir
+
+    source = local_model_dir()  # the real converted model: the "source" of this variant here
+    variant = load_variant("smollm2-135m-cpu").model_copy(update={"model": str(source)})
+    cache = tmp_path / "cache"
+    weights.hydrate(str(source), cache, progress=lambda _m: None)
+    data = bytearray((cache / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle of the tensors: same size
+    (cache / "model.safetensors").write_bytes(bytes(data))
+    assert not weights.verify(cache).ok
+
+    pool = LocalPool(config(), variant=variant, home=tmp_path / "home", weights_dir=cache, standby=False,
+                     tick_s=3600)
+    try:
+        pool._check_weights()
+    finally:
+        pool.close()
+    kinds = [e["event"] for e in pool.events]
+    assert kinds == ["rehydrating", "rehydrated"]
+    assert pool.events[0]["problems"] == ["model.safetensors: sha256 differs from the manifest (corrupted)"]
+    assert weights.verify(cache).ok
+    assert (cache / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    shutil.rmtree(cache)

@@ -52,7 +52,7 @@ model: $(MODEL_CACHE)
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q 'litellm[proxy]==1.108.7'  # the version in the README's table
+	$(BENCH_VENV)/bin/pip install -q 'litellm[proxy]==1.108.7' py-spy  # LiteLLM as in the README's table; py-spy for bench.profile_gate
 	@touch $@
 
 bench-setup: $(BENCH_VENV)/.installed

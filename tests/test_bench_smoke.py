@@ -87,3 +87,17 @@ def test_bad_flags_are_one_line() -> None:
     assert proc.returncode == 2
     assert "choose from direct, gate-memory, gate-redis, litellm" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_summary_reads_py_spy_collapsed_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))  # bench/ is a directory of scripts, not an installed package
+    from bench.profile_gate import top_functions
+
+    collapsed = ("handle (gunicorn/ggevent.py:10);relay (runtime/gate/app.py:300);send (gevent/_socketcommon.py:7) 6\n"
+                 "handle (gunicorn/ggevent.py:10);admit (runtime/gate/store.py:110) 3\n"
+                 "handle (gunicorn/ggevent.py:12) 1\n")
+    own, incl, total = top_functions(collapsed, 10)
+    assert total == 10
+    assert own[0] == ("send (gevent/_socketcommon.py)", 0.6)
+    assert dict(incl)["handle (gunicorn/ggevent.py)"] == 1.0  # two lines of one function count once per stack
+    assert dict(incl)["relay (runtime/gate/app.py)"] == 0.6

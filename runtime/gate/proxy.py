@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import urllib3
+from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 from urllib3.response import HTTPResponse
 
@@ -25,17 +26,31 @@ logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # "pool is 
 
 
 class Upstreams:
+    """One keep-alive connection pool per replica URL, looked up by the URL string itself.
+
+    (urllib3's PoolManager would parse the URL and build a pool key on every request: a
+    measurable share of the gate's CPU per request under load.)
+    """
+
     def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, per_replica: int) -> None:
         self.read_timeout_s = read_timeout_s
-        self._http = urllib3.PoolManager(
-            num_pools=64, maxsize=max(16, per_replica), block=False, retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-        )
+        self._timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
+        self._maxsize = max(16, per_replica)
+        self._pools: dict[str, HTTPConnectionPool] = {}
+
+    def _pool(self, base_url: str) -> HTTPConnectionPool:
+        pool = self._pools.get(base_url)
+        if pool is None:
+            pool = urllib3.connection_from_url(base_url, maxsize=self._maxsize, block=False, retries=False,
+                                               timeout=self._timeout)
+            pool = self._pools.setdefault(base_url, pool)
+        return pool
 
     def open(self, base_url: str, path: str, body: bytes, request_id: str) -> urllib3.BaseHTTPResponse:
         try:
-            return self._http.request(
-                "POST", base_url + path, body=body, preload_content=False, redirect=False,
+            return self._pool(base_url).urlopen(
+                "POST", path, body=body, preload_content=False, redirect=False, retries=False,
+                assert_same_host=False,
                 headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
                          "X-Request-Id": request_id},
             )
@@ -44,8 +59,9 @@ class Upstreams:
         except HTTPError as e:
             raise errors.upstream_failed(_describe(e)) from None
 
-    def get(self, base_url: str, path: str) -> urllib3.BaseHTTPResponse:
-        return self._http.request("GET", base_url + path, timeout=urllib3.Timeout(connect=2, read=5))
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
 
 
 def _describe(e: BaseException) -> str:

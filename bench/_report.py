@@ -159,10 +159,12 @@ def verdicts(rows: list[Row], top: int) -> list[str]:
                        f"{_met(r.added_p99_ms <= 10)}")
         peer = by.get((LITELLM, r.concurrency))
         if peer is not None and peer.added_p50_ms is not None and peer.added_p99_ms is not None:
-            ok = _three_x(peer.added_p50_ms, r.added_p50_ms) and _three_x(peer.added_p99_ms, r.added_p99_ms)
+            results = (_three_x(peer.added_p50_ms, r.added_p50_ms), _three_x(peer.added_p99_ms, r.added_p99_ms))
+            verdict = ("MISSED" if False in results else
+                       "INCONCLUSIVE (both within noise of direct)" if None in results else "MET")
             out.append(f"{r.target} @ {r.concurrency} streams vs LiteLLM: added p50 {r.added_p50_ms:.1f} vs "
                        f"{peer.added_p50_ms:.1f} ms, p99 {r.added_p99_ms:.1f} vs {peer.added_p99_ms:.1f} ms "
-                       f"(target: ≥ 3× less) {_met(ok)}")
+                       f"(target: ≥ 3× less) {verdict}")
     return out
 
 
@@ -170,10 +172,11 @@ def _met(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def _three_x(peer_added: float, gate_added: float) -> bool:
-    # A gate that added nothing measurable (≤ 0: within noise of direct) meets it if LiteLLM added anything.
+def _three_x(peer_added: float, gate_added: float) -> bool | None:
+    """≥ 3× less added latency than the peer? None when neither added anything measurable."""
     if gate_added <= 0:
-        return peer_added > 0
+        # The gate added nothing measurable (within noise of direct): met if LiteLLM added anything.
+        return True if peer_added > 0 else None
     return peer_added >= 3 * gate_added
 
 

@@ -70,7 +70,7 @@ def test_markdown_table_and_verdicts(bench_run: tuple[dict, str, str]) -> None:
     assert data["meta"]["command"] in lines[0]
     verdicts = [ln for ln in lines if ln.startswith("- ")]
     assert [v.split(" @ ")[0] for v in verdicts] == ["- gate-memory", "- gate-redis"]
-    assert all(v.endswith(("MET", "MISSED")) for v in verdicts)
+    assert all(v.endswith(("MET", "MISSED", "INCONCLUSIVE (both within noise of direct)")) for v in verdicts)
 
 
 def test_load_generator_only_targets_loopback() -> None:
@@ -101,3 +101,13 @@ def test_profile_summary_reads_py_spy_collapsed_stacks(monkeypatch: pytest.Monke
     assert own[0] == ("send (gevent/_socketcommon.py)", 0.6)
     assert dict(incl)["handle (gunicorn/ggevent.py)"] == 1.0  # two lines of one function count once per stack
     assert dict(incl)["relay (runtime/gate/app.py)"] == 0.6
+
+
+def test_three_times_less_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench._report import _three_x
+
+    assert _three_x(30.0, 10.0) is True
+    assert _three_x(29.0, 10.0) is False
+    assert _three_x(5.0, -1.0) is True  # the gate within noise of direct, LiteLLM measurably slower
+    assert _three_x(-80.0, -130.0) is None  # both within noise: no verdict either way

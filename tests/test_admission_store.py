@@ -16,7 +16,7 @@ from runtime.gate.store import AdmissionStore, MemoryStore, SlotSpec, open_store
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> Iterator[AdmissionStore]:
     if request.param == "memory":
-        s: AdmissionStore = MemoryStore()
+        s: AdmissionStore = MemoryStore(namespace="ep-test")
     else:
         s = open_store(request.getfixturevalue("redis_url"), "ep-test")
     yield s
@@ -151,3 +151,11 @@ def test_concurrent_admissions_never_exceed_the_budget(store: AdmissionStore) ->
         t.join()
     assert sum(results) == 240 and len(results) == 400
     assert store.in_flight() == {f"r{i}": 30 for i in range(8)}
+
+
+def test_a_key_for_another_endpoint_is_refused_and_spends_nothing(store: AdmissionStore) -> None:
+    d = store.admit(KeyLimits("s" * 64, daily_cap=1, endpoint="elsewhere"), TWO, 240, lid(), 30)
+    assert isinstance(d, Rejected) and d.reason == "scope" and d.status == 403 and not d.should_retry
+    assert store.total_in_flight() == 0
+    ok = store.admit(KeyLimits("s" * 64, daily_cap=1, endpoint="ep-test"), TWO, 240, lid(), 30)
+    assert ok.admitted  # the refused attempt did not use the daily cap

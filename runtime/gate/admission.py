@@ -2,6 +2,7 @@
 
 One call decides one request, in this order (DESIGN.md "Leases"):
 
+    0. key scope (the key's endpoint is this store's endpoint)                    -> 403
     1. key expiry (time from the store: Redis TIME, or the memory store's clock)  -> 403
     2. daily cap (UTC day)                                                         -> 429, do not retry
     3. per-key rate (GCRA)                                                         -> 429 + exact Retry-After
@@ -23,7 +24,7 @@ from typing import Literal
 DAY_S = 86400.0
 MAX_RETRY_AFTER_S = 120.0
 
-RejectReason = Literal["expired", "daily_cap", "rate", "budget", "capacity", "no_replicas"]
+RejectReason = Literal["scope", "expired", "daily_cap", "rate", "budget", "capacity", "no_replicas"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class KeyLimits:
     rate_per_min: float | None = None
     daily_cap: int | None = None
     expires_at: float | None = None
+    endpoint: str | None = None  # the key's scope; checked again here, next to the quota it spends
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,11 @@ class Rejected:
 
     @property
     def status(self) -> int:
-        return {"expired": 403, "no_replicas": 503}.get(self.reason, 429)
+        return {"scope": 403, "expired": 403, "no_replicas": 503}.get(self.reason, 429)
 
     @property
     def should_retry(self) -> bool:
-        return self.reason not in ("expired", "daily_cap")
+        return self.reason not in ("scope", "expired", "daily_cap")
 
 
 Decision = Admitted | Rejected
@@ -161,11 +163,14 @@ def decide(
     replicas: Sequence[ReplicaSlot],
     total_in_flight: int,
     plan_max: int,
+    endpoint: str | None = None,
 ) -> Decision:
     """Admit or reject one request. `replicas` are the ready ones with their live lease counts."""
     budget = budget_of(replicas, plan_max)
     conc = RateHeaders(budget, max(0, budget - total_in_flight), 0.0)
 
+    if endpoint is not None and key.endpoint is not None and key.endpoint != endpoint:
+        return Rejected("scope", conc, None, total_in_flight)
     if key.expires_at is not None and now >= key.expires_at:
         return Rejected("expired", conc, None, total_in_flight)
 

@@ -6,7 +6,8 @@
 -- KEYS[3] per replica  hash: replica id -> live leases
 -- KEYS[4] GCRA TAT     string (ms) for this key
 -- KEYS[5] day counter  prefix for this key ("..:<day index>" is appended)
--- ARGV: lease_id, ttl_ms, plan_max, rate_per_min|'', daily_cap|'', expires_at_ms|'', n, id1, cap1, ...
+-- ARGV: lease_id, ttl_ms, plan_max, rate_per_min|'', daily_cap|'', expires_at_ms|'', key_endpoint|'',
+--       endpoint, n, id1, cap1, ...
 -- Returns {admitted, reason, replica, limit, remaining, reset_ms, retry_ms, in_flight, expired}
 -- (all strings: Lua numbers would be truncated to integers on the way out).
 
@@ -31,13 +32,15 @@ local plan_max = tonumber(ARGV[3])
 local rate = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local expires_at = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
+local key_endpoint = ARGV[7]
+local endpoint = ARGV[8]
+local n = tonumber(ARGV[9])
 
 local budget = 0
 local ids, caps = {}, {}
 for i = 1, n do
-  ids[i] = ARGV[6 + 2 * i]
-  caps[i] = tonumber(ARGV[7 + 2 * i])
+  ids[i] = ARGV[8 + 2 * i]
+  caps[i] = tonumber(ARGV[9 + 2 * i])
   budget = budget + caps[i]
 end
 if budget > plan_max then budget = plan_max end
@@ -48,6 +51,9 @@ local function out(ok, reason, rid, limit, remaining, reset_ms, retry_ms)
 end
 local conc_remaining = math.max(0, budget - total)
 
+if key_endpoint ~= '' and key_endpoint ~= endpoint then
+  return out(0, 'scope', '', budget, conc_remaining, 0, -1)
+end
 if expires_at and now >= expires_at then
   return out(0, 'expired', '', budget, conc_remaining, 0, -1)
 end

@@ -170,7 +170,7 @@ class Gate:
         if daily is None and record.kind == "playground":
             plan = PLANS.get(record.plan) or PLANS[self.config.plan]
             daily = plan.playground_daily_requests
-        return KeyLimits(record.key_hash, record.rate_per_min, daily, record.expires_at)
+        return KeyLimits(record.key_hash, record.rate_per_min, daily, record.expires_at, record.endpoint)
 
     # -- body -------------------------------------------------------------------------------------
     def read_body(self) -> bytes:
@@ -228,6 +228,9 @@ class Gate:
             lease = self.keeper.hold(lease_id, d.replica_id)
             self._demand(d.in_flight)
             return lease, urls[d.replica_id]
+        if d.reason == "scope":
+            raise errors.key_forbidden(ctx.key or "", f"is not valid for endpoint {self.config.endpoint!r}",
+                                       "key_wrong_endpoint")
         if d.reason == "expired":
             raise errors.key_forbidden(ctx.key or "", "has expired", "key_expired")
         if d.reason == "daily_cap":

@@ -33,6 +33,7 @@ class RedisStore(AdmissionStore):
         self._r = client
         tag = f"{{ws:{namespace}}}"
         self._tag = tag
+        self._namespace = namespace
         self._lease_keys = [f"{tag}:leases", f"{tag}:owner", f"{tag}:replicas"]
         self._admit = client.register_script(_script("admit.lua"))
         self._leases = client.register_script(_script("leases.lua"))
@@ -55,6 +56,7 @@ class RedisStore(AdmissionStore):
             "" if key.rate_per_min is None else repr(float(key.rate_per_min)),
             "" if key.daily_cap is None else str(int(key.daily_cap)),
             "" if key.expires_at is None else repr(key.expires_at * 1000),
+            key.endpoint or "", self._namespace,
             len(replicas),
         ]
         for r in replicas:

@@ -87,8 +87,9 @@ class MemoryStore(AdmissionStore):
 
     kind = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, namespace: str | None = None) -> None:
         super().__init__()
+        self._namespace = namespace
         self._clock = clock
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[str, float]] = {}  # lease_id -> (replica_id, expires_at)
@@ -115,7 +116,7 @@ class MemoryStore(AdmissionStore):
             usage = KeyUsage(tat=tat if tat is not None and tat > now else None,
                              day_count=self._days.get((key.key_hash, day), 0))
             slots = [ReplicaSlot(r.id, r.cap, self._per_replica.get(r.id, 0)) for r in replicas]
-            decision = decide(now, key, usage, slots, len(self._leases), plan_max)
+            decision = decide(now, key, usage, slots, len(self._leases), plan_max, self._namespace)
             if isinstance(decision, Admitted):
                 self._leases[lease_id] = (decision.replica_id, now + ttl_s)
                 self._per_replica[decision.replica_id] = self._per_replica.get(decision.replica_id, 0) + 1
@@ -165,7 +166,7 @@ class MemoryStore(AdmissionStore):
 def open_store(url: str, namespace: str) -> AdmissionStore:
     """'memory' or a redis:// / rediss:// / unix:// URL."""
     if url == "memory":
-        return MemoryStore()
+        return MemoryStore(namespace=namespace)
     from runtime.gate.redis_store import RedisStore
 
     return RedisStore.from_url(url, namespace)

@@ -333,7 +333,7 @@ class Gate:
         if ctx.tokens_out:
             metrics.TOKENS.labels("out").inc(ctx.tokens_out)
         access_log.emit(
-            request_id=ctx.request_id, route=ctx.route, status=ctx.status, key=ctx.key, replica=ctx.replica,
+            request_id=ctx.request_id, endpoint=self.config.endpoint, route=ctx.route, status=ctx.status, key=ctx.key, replica=ctx.replica,
             stream=ctx.stream, duration_ms=elapsed * 1000, ttft_ms=None if ctx.ttft is None else ctx.ttft * 1000,
             queue_ms=None if ctx.queue_wait is None else ctx.queue_wait * 1000, tokens_in=ctx.tokens_in,
             tokens_out=ctx.tokens_out, reason=ctx.reason, disconnected=ctx.disconnected or None,

@@ -2,7 +2,8 @@
 
     up()   weights cache (converted once) → gate config → an API key in a sqlite store →
            the gate under gunicorn (one gevent worker, which owns the LocalPool) →
-           optionally the first replica warmed → .warmstart/local.json {url, api_key, ...}
+           optionally the first replica warmed → .warmstart/local.json {url, api_key, playground, ...}
+           (an API key and a playground key, reused from .warmstart/local-keys.json while still active)
     down() the gate's process group (its worker's pool stops every replica on exit), then every
            process group state.json still names (if the gate was killed outright), then the file.
 
@@ -82,6 +83,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As gunicorn binds: connections of a gate that just stopped (TIME_WAIT) must not make
+        # `local up` right after `local down` refuse the port; a live listener still does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -117,12 +121,59 @@ def gate_config(s: LocalSettings, variant: Variant) -> dict[str, Any]:
     }
 
 
-def _mint_key(keys_uri: str) -> str:
-    from runtime.gate.keys import open_key_store
+# kind -> (plan, name). The playground key gets the starter plan's daily cap (the playground's
+# contract), the API key the endpoint's plan.
+LOCAL_KEYS: dict[str, tuple[str, str]] = {
+    "api": ("pro", "local up"),
+    "playground": ("starter", "local up playground"),
+}
 
+
+def keys_path(home: Path) -> Path:
+    """The keys `up` minted, kept across `down` (local.json is not) so a restart reuses them."""
+    return home / "local-keys.json"
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    # Holds live keys: created 0600 and re-chmodded in case an older file was looser.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+
+
+def local_keys(keys_uri: str, home: Path, now: float | None = None) -> dict[str, str]:
+    """One key per kind in LOCAL_KEYS: the one from the last `up` if the store still has it active,
+    for this endpoint and of that kind; a fresh one otherwise (revoked, expired, deleted, new db)."""
+    from runtime.gate.keys import hash_key, is_well_formed, open_key_store
+
+    now = time.time() if now is None else now
+    try:
+        previous = json.loads(keys_path(home).read_text())
+    except (FileNotFoundError, ValueError):
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
     store = open_key_store(keys_uri)
-    key, _ = store.create(endpoint=ENDPOINT, kind="api", plan="pro", name="local up")
-    return key
+    try:
+        keys: dict[str, str] = {}
+        for kind, (plan, name) in LOCAL_KEYS.items():
+            old = previous.get(kind)
+            record = store.get(hash_key(old)) if is_well_formed(old) else None
+            if (record is not None and record.kind == kind and record.endpoint == ENDPOINT
+                    and record.state(now) == "active"):
+                keys[kind] = str(old)
+            else:
+                keys[kind], _ = store.create(endpoint=ENDPOINT, kind=kind, plan=plan, name=name)
+    finally:
+        store.close()
+    _write_private(keys_path(home), keys)
+    return keys
+
+
+def playground_url(port: int, key: str) -> str:
+    # The key rides in the fragment, which browsers never send to the server.
+    return f"http://127.0.0.1:{port}/playground#key={key}"
 
 
 def _wait_gate(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 120) -> None:
@@ -209,7 +260,8 @@ def up(s: LocalSettings, progress: Progress = print, *, wait_ready: bool = True)
     cfg = gate_config(s, variant)
     cfg_path = home / "gate.json"
     cfg_path.write_text(json.dumps(cfg, indent=1))
-    key = _mint_key(cfg["keys"])
+    keys = local_keys(cfg["keys"], home)
+    key = keys["api"]
 
     log_path = home / "logs" / "gate.log"
     progress(f"starting the gate on 127.0.0.1:{s.port} (log: {log_path})")
@@ -228,15 +280,12 @@ def up(s: LocalSettings, progress: Progress = print, *, wait_ready: bool = True)
         )
     url = f"http://127.0.0.1:{s.port}"
     info = {
-        "url": f"{url}/v1", "api_key": key, "pid": proc.pid, "port": s.port, "home": str(home),
+        "url": f"{url}/v1", "api_key": key, "playground": playground_url(s.port, keys["playground"]),
+        "pid": proc.pid, "port": s.port, "home": str(home),
         "variant": variant.name, "served_name": variant.served_name, "config": str(cfg_path),
         "started": time.time(),
     }
-    # The file holds a live key: readable by this user only.
-    path = info_path(home)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, indent=1)
+    _write_private(info_path(home), info)
     try:
         _wait_gate(url, proc, log_path)
         if wait_ready:

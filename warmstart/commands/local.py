@@ -35,13 +35,14 @@ def local() -> None:
 @click.option("--detach", is_flag=True, help="return once up; stop later with `warmstart local down`")
 def up(variant: str, port: int, home: Path | None, idle_timeout_s: float, max_replicas: int,
        standby: bool, keepalive_s: float, no_wait: bool, detach: bool) -> None:
-    """Start gate + local pool; print URL= and API_KEY= (also in .warmstart/local.json)."""
+    """Start gate + local pool; print URL=, API_KEY= and PLAYGROUND= (also in .warmstart/local.json)."""
     s = embedded.LocalSettings(variant=variant, port=port, home=home, idle_timeout_s=idle_timeout_s,
                                max_replicas=max_replicas, standby=standby,
                                keepalive_interval_s=keepalive_s)
     info, proc = embedded.up(s, progress=_say, wait_ready=not no_wait)
     click.echo(f"URL={info['url']}")
     click.echo(f"API_KEY={info['api_key']}")
+    click.echo(f"PLAYGROUND={info['playground']}")
     click.echo(f"MODEL={info['served_name']} (or \"default\")")
     _say(f"written to {embedded.info_path(s.home_dir)}")
     if detach:

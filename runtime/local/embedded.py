@@ -159,7 +159,7 @@ def local_keys(keys_uri: str, home: Path, now: float | None = None) -> dict[str,
         keys: dict[str, str] = {}
         for kind, (plan, name) in LOCAL_KEYS.items():
             old = previous.get(kind)
-            record = store.get(hash_key(old)) if is_well_formed(old) else None
+            record = store.get(hash_key(old)) if isinstance(old, str) and is_well_formed(old) else None
             if (record is not None and record.kind == kind and record.endpoint == ENDPOINT
                     and record.state(now) == "active"):
                 keys[kind] = str(old)

@@ -138,7 +138,7 @@ class Gate:
 
     # -- auth -------------------------------------------------------------------------------------
     def authenticate(self, ctx: Ctx) -> KeyRecord:
-        from runtime.gate.keys import display_form, hash_key, is_well_formed
+        from runtime.gate.keys import KeyStoreUnavailable, display_form, hash_key, is_well_formed
 
         header = request.headers.get("Authorization", "")
         if not header.strip():
@@ -151,8 +151,11 @@ class Gate:
         ctx.key = display
         try:
             record = self.keys.get(hash_key(token))
-        except Exception:
-            raise errors.store_unavailable() from None
+        except KeyStoreUnavailable:
+            # An outage, not a bad key (never 401). Anything else from the store is a bug and
+            # surfaces as one: a 500 with the request id, the traceback in the server log.
+            access_log.logger.getChild("keys").warning("key store unavailable", exc_info=True)
+            raise errors.key_store_unavailable() from None
         if record is None:
             raise errors.invalid_key(display)
         now = time.time()
@@ -433,8 +436,10 @@ def create_app(
 
     @app.errorhandler(Exception)
     def _crash(e: Exception) -> Response:
-        access_log.logger.getChild("error").exception("unhandled error")
-        return _gate_error(errors.internal())
+        ctx: Ctx | None = g.get("ctx")
+        rid = ctx.request_id if ctx is not None else None
+        access_log.logger.getChild("error").exception("unhandled error (request %s)", rid)
+        return _gate_error(errors.internal(rid))
 
     # -- routes -----------------------------------------------------------------------------------
     @app.get("/healthz")

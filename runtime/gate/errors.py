@@ -135,6 +135,11 @@ def store_unavailable() -> GateError:
                      "store_unavailable", retry_after_s=2, reason="store")
 
 
+def key_store_unavailable() -> GateError:
+    return GateError(503, "The key store is unreachable; retry shortly.", "service_unavailable",
+                     "key_store_unavailable", retry_after_s=2, reason="key_store")
+
+
 def pool_unavailable() -> GateError:
     return GateError(503, "The replica pool cannot be read right now; retry shortly.", "service_unavailable",
                      "pool_unavailable", retry_after_s=5, reason="pool")
@@ -152,6 +157,7 @@ def upstream_timeout(limit_s: float) -> GateError:
                      "(stream=true).", "server_error", "upstream_timeout", reason="timeout")
 
 
-def internal() -> GateError:
-    return GateError(500, "Internal gate error; the request id identifies it in the logs.", "server_error",
-                     "internal_error", reason="internal")
+def internal(request_id: str | None = None) -> GateError:
+    ref = f" (request id {request_id})" if request_id else ""
+    return GateError(500, f"Internal gate error{ref}; the request id identifies it in the gate's logs.",
+                     "server_error", "internal_error", reason="internal")

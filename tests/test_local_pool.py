@@ -7,6 +7,7 @@ idle window pass without sleeping.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,9 @@ def config(**pool: object) -> GateConfig:
 def make_pool(tmp_path: Path):  # type: ignore[no-untyped-def]
     pools: list[LocalPool] = []
 
-    def make(**pool: object) -> LocalPool:
+    def make(clock: Callable[[], float] = time.monotonic, **pool: object) -> LocalPool:
         p = LocalPool(config(**pool), home=tmp_path / "home", weights_dir=tmp_path / "w", standby=False,
-                      tick_s=3600)
+                      tick_s=3600, clock=clock)
         pools.append(p)
         return p
 
@@ -54,6 +55,50 @@ def test_wake_then_idle_window(make_pool) -> None:  # type: ignore[no-untyped-de
     assert pool.target(now) == 1
     assert pool.target(now + 4.9) == 1
     assert pool.target(now + 5.1) == 0  # Flex: idle for idle_timeout_s → zero
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_idle_time_counts_from_the_last_completion_not_the_last_arrival(make_pool) -> None:  # type: ignore[no-untyped-def]
+    clock = FakeClock()
+    pool = make_pool(clock=clock, max_replicas=3, idle_timeout_s=20)
+    pool.report_demand(1)  # the request arrives (what the gate reports) at t=1000
+    for _ in range(13):  # its stream runs 13 s; the monitor polls vLLM's in-flight once a second
+        pool.observe_in_flight(1)
+        clock.t += 1
+    pool.observe_in_flight(0)  # t=1013: the first poll after the stream finished
+    end = clock.t
+    # Counted from the arrival, the replica would stop at t=1020, 7 s after the stream ended.
+    assert pool.target(1020.5) == 1
+    clock.t = end + 19.9
+    pool.observe_in_flight(0)  # idle polls are not demand
+    assert pool.target() == 1
+    assert pool.target(end + 20.1) == 0
+
+
+def test_in_flight_scales_like_reported_demand(make_pool) -> None:  # type: ignore[no-untyped-def]
+    clock = FakeClock()
+    pool = make_pool(clock=clock, max_replicas=3, idle_timeout_s=10)
+    pool.observe_in_flight(61)  # cap 30 → ceil(61/30) = 3
+    assert pool.target() == 3
+    clock.t += 5
+    pool.observe_in_flight(31)  # 30 finished since the last poll: that poll still counts 61
+    assert pool.target() == 3
+    clock.t += 1
+    pool.observe_in_flight(31)
+    clock.t += 9.5  # the 61 are out of the window; the 31 still in it
+    assert pool.target() == 2
+    pool.observe_in_flight(0)  # the 31 finished: their need lasts another window from here
+    clock.t += 9.9
+    assert pool.target() == 2
+    clock.t += 0.2
+    assert pool.target() == 0
 
 
 def test_scale_out_follows_peak_demand_up_to_max(make_pool) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,10 @@
 - Scale-out: `report_demand(in_flight)` → ceil(in_flight / cap) replicas, up to max_replicas.
 - Flex: the pool keeps the largest demand seen in the last `idle_timeout_s`; when that falls,
   surplus replicas are drained (vLLM's own /metrics must show no running request) and stopped,
-  down to zero.
+  down to zero. Idle means "no request for idle_timeout_s": the gate reports demand when requests
+  arrive, and the pool polls the ready replicas' in-flight count (vLLM's /metrics, once a second)
+  so a stream that is still running — and the moment it ends — count as demand too. A replica
+  therefore stays idle_timeout_s after the last stream *finished*, not after it arrived.
 - Crashed replicas (process exited without being asked) are dropped and replaced while demand
   lasts; three failed starts in a row stop the retries until the next wake().
 - Instant Start: one standby process (runtime/replica/standby.py) waits with vLLM imported; a
@@ -141,6 +144,8 @@ class LocalPool(ReplicaPool):
         start_timeout_s: float = 900.0,
         drain_timeout_s: float = 30.0,
         tick_s: float = 0.25,
+        busy_poll_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         pc = config.pool
         if pc.kind != "local" or not pc.variant:
@@ -168,11 +173,15 @@ class LocalPool(ReplicaPool):
         self.start_timeout_s = start_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.tick_s = tick_s
+        self.busy_poll_s = busy_poll_s
+        self._clock = clock  # the Flex rule's time (monotonic); injectable for its unit tests
 
         self._lock = threading.RLock()
         self._replicas: dict[str, _Proc] = {}
         self._standby: _Standby | None = None
         self._demand: deque[tuple[float, int]] = deque()
+        self._last_in_flight = 0  # across ready replicas, at the last poll
+        self._last_poll = float("-inf")
         self._failures = 0
         self._error = ""
         self._weights_checked = False
@@ -208,13 +217,13 @@ class LocalPool(ReplicaPool):
         with self._lock:
             self._failures = 0
             self._error = ""
-            self._demand.append((time.monotonic(), max(1, self.min_replicas)))
+            self._demand.append((self._clock(), max(1, self.min_replicas)))
         self._wake_event.set()
 
     def report_demand(self, in_flight: int) -> None:
         needed = replicas_needed(in_flight, self.cap, self.min_replicas, self.max_replicas)
         with self._lock:
-            self._demand.append((time.monotonic(), needed))
+            self._demand.append((self._clock(), needed))
         if needed > len(self._replicas):
             self._wake_event.set()
 
@@ -257,9 +266,20 @@ class LocalPool(ReplicaPool):
             for r in reps
         ]
 
+    def observe_in_flight(self, in_flight: int, now: float | None = None) -> None:
+        """Record the replicas' in-flight total (polled from vLLM). Work in flight is demand; so is
+        the first poll that finds it gone: that poll is at or after the last completion, so the
+        idle window runs at least idle_timeout_s from the moment the endpoint went quiet."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            busy = max(in_flight, self._last_in_flight)
+            self._last_in_flight = in_flight
+            if busy > 0:
+                self._demand.append((now, replicas_needed(busy, self.cap, self.min_replicas, self.max_replicas)))
+
     def target(self, now: float | None = None) -> int:
         """The Flex rule: the largest demand seen within the idle window, within [min, max]."""
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         with self._lock:
             while self._demand and self._demand[0][0] < now - self.idle_timeout_s:
                 self._demand.popleft()
@@ -280,6 +300,7 @@ class LocalPool(ReplicaPool):
         self._reap()
         if self._closed.is_set():
             return
+        self._poll_in_flight()
         target = self.target()
         with self._lock:
             live = [r for r in self._replicas.values() if not r.stopping]
@@ -311,7 +332,7 @@ class LocalPool(ReplicaPool):
                 # no new request arrives meanwhile (the crash is not the end of the demand).
                 with self._lock:
                     live = sum(1 for x in self._replicas.values() if not x.stopping)
-                    self._demand.append((time.monotonic(), live + 1))
+                    self._demand.append((self._clock(), live + 1))
             if r.state != "ready":
                 with self._lock:
                     self._failures += 1
@@ -319,6 +340,17 @@ class LocalPool(ReplicaPool):
                         self._error = (
                             f"{self._failures} replica starts failed in a row; see {r.log_path}"
                         )
+
+    def _poll_in_flight(self) -> None:
+        now = self._clock()
+        if now - self._last_poll < self.busy_poll_s:
+            return
+        self._last_poll = now
+        with self._lock:
+            ready = [r for r in self._replicas.values() if r.state == "ready" and not r.stopping]
+        # An unreachable replica counts as idle: if it died, _reap replaces it on its own rule.
+        total = sum(readiness.in_flight(r.url) or 0 for r in ready)
+        self.observe_in_flight(total, now)
 
     def _scale_in(self, live: list[_Proc], surplus: int) -> None:
         # Never cut a stream: a replica vLLM reports busy keeps the demand window open instead.
@@ -393,7 +425,7 @@ class LocalPool(ReplicaPool):
             # The idle window starts when the replica can serve, not when it was asked for: a start
             # slower than idle_timeout_s must not be stopped the moment it is ready.
             live = sum(1 for r in self._replicas.values() if not r.stopping)
-            self._demand.append((time.monotonic(), live))
+            self._demand.append((self._clock(), live))
         self._event("ready", rep, ready_s=round(rep.ready_s, 2))
         self._write_state()
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.gate.admission import Admitted, KeyLimits, Rejected
+from runtime.gate.admission import Admitted, KeyLimits, RateHeaders, Rejected, key_headers
 from runtime.gate.store import AdmissionStore, MemoryStore, SlotSpec, open_store
 
 
@@ -159,3 +159,22 @@ def test_a_key_for_another_endpoint_is_refused_and_spends_nothing(store: Admissi
     assert store.total_in_flight() == 0
     ok = store.admit(KeyLimits("s" * 64, daily_cap=1, endpoint="ep-test"), TWO, 240, lid(), 30)
     assert ok.admitted  # the refused attempt did not use the daily cap
+
+
+def _peek(store: AdmissionStore, key: KeyLimits) -> RateHeaders | None:
+    now, usage = store.usage(key)
+    return key_headers(now, key, usage)
+
+
+def test_usage_reads_the_key_budget_without_spending(store: AdmissionStore) -> None:
+    rated = KeyLimits(uuid.uuid4().hex * 2, rate_per_min=3)
+    capped = KeyLimits(uuid.uuid4().hex * 2, daily_cap=4)
+    for key, limit in ((rated, 3), (capped, 4)):
+        before = _peek(store, key)
+        assert before is not None and (before.limit, before.remaining) == (limit, limit)
+        d = store.admit(key, TWO, 240, lid(), 30)
+        assert isinstance(d, Admitted)
+        after = _peek(store, key)
+        assert after is not None and (after.limit, after.remaining) == (limit, limit - 1)
+        assert after.remaining == d.headers.remaining  # the same numbers the admission reported
+    assert _peek(store, KEY) is None  # no rate, no cap: the gate shows concurrency

@@ -16,6 +16,8 @@ from runtime.gate.app import create_app
 from runtime.gate.config import GateConfig
 from runtime.gate.keys import KeyStoreUnavailable, open_key_store
 from runtime.gate.store import MemoryStore
+from runtime.pool.base import PoolSnapshot
+from runtime.pool.static import StaticPool
 from warmstart.testing.gate_server import GateServer, gate_config
 from warmstart.testing.upstream import UpstreamProcess
 
@@ -99,3 +101,98 @@ def test_a_bug_in_the_key_store_is_a_500_with_the_request_id(
     assert "Traceback" not in r.get_data(as_text=True) and "boom" not in r.get_data(as_text=True)
     text = log.getvalue()
     assert "Traceback" in text and "boom: a programming error" in text and "rid-bug-1" in text
+
+
+# -- what monitoring sees -----------------------------------------------------------------------
+
+class ZeroablePool(StaticPool):
+    """The upstream as one replica, until the test scales it to zero (optionally with replicas
+    `starting`, so the gate holds requests the way it does while a real pool scales up)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__([url], cap=4)
+        self.zero = False
+        self.starting = 0
+
+    def snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(starting=self.starting) if self.zero else super().snapshot()
+
+
+@pytest.fixture()
+def zgate(tmp_path: Path, upstream: UpstreamProcess) -> Iterator[tuple[Any, ZeroablePool, Any]]:
+    cfg = GateConfig.parse(gate_config([upstream.url], f"sqlite:{tmp_path / 'keys.db'}",
+                                       keepalive_interval_s=0.2, hold_timeout_s=30))
+    raw = open_key_store(cfg.keys)
+    pool = ZeroablePool(upstream.url)
+    app = create_app(cfg, pool=pool, store=MemoryStore(), keys=raw)
+    yield app.test_client(), pool, raw
+    pool.zero = False
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.partition("{")[0] == name and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+def test_replica_gauge_follows_the_pool_without_traffic(zgate: tuple[Any, ZeroablePool, Any]) -> None:
+    client, pool, _ = zgate
+    assert client.get("/healthz").status_code == 200
+    assert _sample(client.get("/metrics").get_data(as_text=True), "ws_replicas", state="ready") == 1
+    pool.zero = True  # scaled to zero while nobody calls: the scrape itself must notice
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _sample(text, "ws_replicas", state="ready") == 0
+    pool.starting = 2
+    client.get("/healthz")
+    assert _sample(client.get("/metrics").get_data(as_text=True), "ws_replicas", state="starting") == 2
+
+
+def test_ratelimit_headers_describe_the_key_on_every_authenticated_response(
+        zgate: tuple[Any, ZeroablePool, Any]) -> None:
+    client, pool, raw = zgate
+    endpoint = client.application.extensions["warmstart.gate"].config.endpoint
+    capped, _ = raw.create(endpoint=endpoint, daily_cap=5)
+    rated, _ = raw.create(endpoint=endpoint, rate_per_min=30)
+
+    def get(key: str, path: str = "/v1/models") -> Any:
+        return client.get(path, headers={"Authorization": f"Bearer {key}"})
+
+    def limits(r: Any) -> tuple[str, str]:
+        return r.headers["x-ratelimit-limit-requests"], r.headers["x-ratelimit-remaining-requests"]
+
+    assert limits(get(capped)) == ("5", "5")  # free: describes the budget, spends nothing
+    assert limits(get(rated, "/v1/models/default")) == ("30", "30")
+    body = {"model": "default", "messages": MSGS, "ws_test": {"tokens": 1}}
+    for key in (capped, rated):
+        r = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+    assert limits(get(capped)) == ("5", "4") and limits(get(rated)) == ("30", "29")
+    assert get(capped).headers["x-ratelimit-reset-requests"].endswith("s")
+
+    pool.zero, pool.starting = True, 1  # replicas starting: a stream is held, its headers go out now
+    r = client.post("/v1/chat/completions", json={**body, "stream": True},
+                    headers={"Authorization": f"Bearer {rated}"}, buffered=False)
+    try:
+        assert r.status_code == 200 and r.mimetype == "text/event-stream"
+        assert limits(r) == ("30", "29")  # the key's budget, not the concurrency budget ("0 of 0")
+    finally:
+        r.close()
+
+
+def test_latency_buckets_resolve_llm_latencies(zgate: tuple[Any, ZeroablePool, Any]) -> None:
+    client, _, raw = zgate
+    key, _ = raw.create(endpoint=client.application.extensions["warmstart.gate"].config.endpoint)
+    r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "default", "messages": MSGS, "stream": True, "ws_test": {"tokens": 1}})
+    assert r.status_code == 200 and b"[DONE]" in r.get_data()  # observes duration and TTFT
+    text = client.get("/metrics").get_data(as_text=True)
+    for name in ("ws_request_duration_seconds", "ws_time_to_first_token_seconds"):
+        bounds = sorted({float(line.split('le="')[1].split('"')[0]) for line in text.splitlines()
+                         if line.startswith(f"{name}_bucket") and 'le="+Inf"' not in line})
+        assert bounds[0] <= 0.005 and bounds[-1] >= 120, (name, bounds)
+        assert len([b for b in bounds if 1 < b < 2.5]) >= 2 and len([b for b in bounds if 10 < b < 30]) >= 2
+        assert all(hi / lo <= 2.5 for lo, hi in zip(bounds[3:], bounds[4:], strict=False)), bounds
+    assert max(float(line.split('le="')[1].split('"')[0]) for line in text.splitlines()
+               if line.startswith("ws_request_duration_seconds_bucket") and 'le="+Inf"' not in line) >= 600

@@ -143,6 +143,21 @@ def gcra(tat: float | None, now: float, rate_per_min: float) -> Gcra:
     return Gcra(True, new_tat, 0.0, RateHeaders(limit, remaining, new_tat - now))
 
 
+def key_headers(now: float, key: KeyLimits, usage: KeyUsage) -> RateHeaders | None:
+    """The key's request budget as it stands, spending nothing (GET /v1/models, held streams,
+    concurrency refusals): its per-minute rate if it has one, else its daily cap, else None."""
+    if key.rate_per_min is not None and key.rate_per_min > 0:
+        interval = 60.0 / key.rate_per_min
+        burst = burst_of(key.rate_per_min)
+        tau = (burst - 1) * interval
+        base = now if usage.tat is None else max(usage.tat, now)
+        remaining = max(0, min(burst, math.floor((now + tau - base) / interval + 1 + 1e-9)))
+        return RateHeaders(burst, remaining, base - now)
+    if key.daily_cap is not None:
+        return RateHeaders(key.daily_cap, max(0, key.daily_cap - usage.day_count), seconds_to_day_end(now))
+    return None
+
+
 def pick_replica(replicas: Sequence[ReplicaSlot]) -> ReplicaSlot | None:
     """The ready replica with the most headroom under its cap; ties go to the earlier one."""
     best: ReplicaSlot | None = None

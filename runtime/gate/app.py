@@ -21,7 +21,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from runtime.gate import access_log, errors, metrics
-from runtime.gate.admission import Admitted, KeyLimits, RateHeaders, busy_retry_after
+from runtime.gate.admission import Admitted, KeyLimits, RateHeaders, busy_retry_after, key_headers
 from runtime.gate.config import GateConfig
 from runtime.gate.errors import GateError
 from runtime.gate.leases import Lease, LeaseKeeper
@@ -117,6 +117,7 @@ class Ctx:
     disconnected: bool = False
     logged: bool = False
     ratelimit: RateHeaders | None = None
+    limits: KeyLimits | None = None  # set once the key passed auth: the x-ratelimit-* headers describe it
 
 
 class Gate:
@@ -200,9 +201,30 @@ class Gate:
         except Exception:
             access_log.logger.getChild("pool").exception("pool snapshot failed")
             raise errors.pool_unavailable() from None
-        metrics.REPLICAS.labels("ready").set(len(snap.ready))
-        metrics.REPLICAS.labels("starting").set(snap.starting)
+        metrics.set_replicas(len(snap.ready), snap.starting)
         return snap
+
+    def refresh_replicas(self) -> None:
+        """ws_replicas from the pool now: a scrape must see a scale-to-zero even with no traffic."""
+        try:
+            snap = self.pool.snapshot()
+        except Exception:
+            access_log.logger.getChild("pool").exception("pool snapshot failed")
+            return
+        metrics.set_replicas(len(snap.ready), snap.starting)
+
+    def key_budget(self, limits: KeyLimits) -> RateHeaders | None:
+        """The key's x-ratelimit-* values without spending anything (README `gate`: its rate, else its
+        daily cap, else the plan's concurrency budget); None if the store cannot be read."""
+        try:
+            now, usage = self.store.usage(limits)
+            rl = key_headers(now, limits, usage)
+            if rl is None:
+                rl = RateHeaders(self.plan_max, max(0, self.plan_max - self.store.total_in_flight()), 0.0)
+            return rl
+        except Exception:
+            access_log.logger.getChild("store").warning("key usage read failed", exc_info=True)
+            return None
 
     def _demand(self, in_flight: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -226,7 +248,9 @@ class Gate:
         except Exception:
             access_log.logger.getChild("store").exception("admission store failed")
             raise errors.store_unavailable() from None
-        ctx.ratelimit = d.headers
+        # Refusals for capacity carry the concurrency budget; the headers describe the key's own
+        # budget instead (read lazily in after_request), so they mean one thing on every response.
+        ctx.ratelimit = d.headers if isinstance(d, Admitted) or d.reason in ("rate", "daily_cap") else None
         if isinstance(d, Admitted):
             lease = self.keeper.hold(lease_id, d.replica_id)
             self._demand(d.in_flight)
@@ -400,7 +424,10 @@ def create_app(
         if ctx is None:  # the request failed before _start (e.g. routing): still answer with an id
             ctx = Ctx(request_id=uuid.uuid4().hex, route="other", t0=time.monotonic())
         resp.headers["X-Request-Id"] = ctx.request_id
-        rl: RateHeaders = ctx.ratelimit or default_headers
+        rl = ctx.ratelimit
+        if rl is None and ctx.limits is not None:
+            rl = gate.key_budget(ctx.limits)
+        rl = rl or default_headers
         resp.headers.setdefault("x-ratelimit-limit-requests", str(rl.limit))
         resp.headers.setdefault("x-ratelimit-remaining-requests", str(max(0, rl.remaining)))
         resp.headers.setdefault("x-ratelimit-reset-requests", fmt_duration(rl.reset_s))
@@ -452,6 +479,7 @@ def create_app(
 
     @app.get("/metrics")
     def metrics_route() -> Response:
+        gate.refresh_replicas()
         data, ctype = metrics.render()
         return Response(data, mimetype=ctype.split(";")[0], content_type=ctype)
 
@@ -460,13 +488,13 @@ def create_app(
 
     @app.get("/v1/models")
     def models() -> Response:
-        gate.authenticate(g.ctx)
+        g.ctx.limits = gate.limits_of(gate.authenticate(g.ctx))
         body = {"object": "list", "data": [_model_obj(config.served_name), _model_obj("default")]}
         return Response(json.dumps(body), mimetype="application/json")
 
     @app.get("/v1/models/<path:model>")
     def model(model: str) -> Response:
-        gate.authenticate(g.ctx)
+        g.ctx.limits = gate.limits_of(gate.authenticate(g.ctx))
         if model not in (config.served_name, "default"):
             raise errors.model_not_found(model[:200])
         return Response(json.dumps(_model_obj(model)), mimetype="application/json")
@@ -474,7 +502,7 @@ def create_app(
     def proxied() -> Response:
         ctx: Ctx = g.ctx
         record = gate.authenticate(ctx)
-        limits = gate.limits_of(record)
+        limits = ctx.limits = gate.limits_of(record)
         parsed = parse(request.path, gate.read_body(), config.served_name, config.max_tokens_limit)
         ctx.stream = parsed.stream
         lease_id = uuid.uuid4().hex

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from runtime.gate.admission import Admitted, Decision, KeyLimits, RateHeaders, Rejected
+from runtime.gate.admission import Admitted, Decision, KeyLimits, KeyUsage, RateHeaders, Rejected, day_index
 from runtime.gate.store import AdmissionStore, SlotSpec
 
 
@@ -69,6 +69,14 @@ class RedisStore(AdmissionStore):
             return Admitted(rid, headers, int(in_flight), None, 0)
         retry = float(retry_ms)
         return Rejected(reason, headers, None if retry < 0 else retry / 1000, int(in_flight))
+
+    def usage(self, key: KeyLimits) -> tuple[float, KeyUsage]:
+        sec, usec = self._r.time()
+        now = sec + usec / 1e6
+        tat_ms, day = self._r.mget(f"{self._tag}:tat:{key.key_hash}",
+                                   f"{self._tag}:day:{key.key_hash}:{day_index(now)}")
+        tat = float(tat_ms) / 1000 if tat_ms else None
+        return now, KeyUsage(tat=tat if tat is not None and tat > now else None, day_count=int(day or 0))
 
     def release(self, lease_id: str) -> bool:
         return int(self._leases(keys=self._lease_keys, args=["release", lease_id])) == 1

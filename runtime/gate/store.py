@@ -57,6 +57,10 @@ class AdmissionStore(abc.ABC):
         """Decide and, if admitted, commit: a lease, the GCRA state, the daily count."""
 
     @abc.abstractmethod
+    def usage(self, key: KeyLimits) -> tuple[float, KeyUsage]:
+        """Store time and the key's GCRA / daily state, read without spending anything."""
+
+    @abc.abstractmethod
     def release(self, lease_id: str) -> bool:
         """Drop a lease. True the first time, False after (exactly-once accounting)."""
 
@@ -128,6 +132,13 @@ class MemoryStore(AdmissionStore):
                         del self._days[k]
                     self._days[(key.key_hash, day)] = decision.new_day_count
             return decision
+
+    def usage(self, key: KeyLimits) -> tuple[float, KeyUsage]:
+        with self._lock:
+            now = self._clock()
+            tat = self._tat.get(key.key_hash)
+            return now, KeyUsage(tat=tat if tat is not None and tat > now else None,
+                                 day_count=self._days.get((key.key_hash, day_index(now)), 0))
 
     def release(self, lease_id: str) -> bool:
         with self._lock:

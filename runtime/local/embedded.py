@@ -5,7 +5,8 @@
            optionally the first replica warmed → .warmstart/local.json {url, api_key, playground, ...}
            (an API key and a playground key, reused from .warmstart/local-keys.json while still active)
     down() the gate's process group (its worker's pool stops every replica on exit), then every
-           process group state.json still names (if the gate was killed outright), then the file.
+           process group state.json or the pool's ledger (<home>/procs/) still names (if the gate
+           was killed outright), then the file.
 
 Everything binds 127.0.0.1. The admission store is in memory (one gate process), keys are in
 sqlite under the home directory, logs under <home>/logs.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.pool.ledger import Ledger
 from runtime.pool.local import home_dir, kill_group
 from runtime.replica import weights
 from warmstart.errors import OperationError
@@ -320,6 +322,14 @@ def down(home: Path | None = None, progress: Progress = lambda _m: None) -> bool
             found = True
             progress(f"stopping leftover replica process group {pid}")
             kill_group(pid, grace_s=5)
+    # Every group any pool owner recorded and did not see go (checked to still be ours first).
+    if (home / "procs").is_dir():
+        ledger = Ledger(home)
+        for rec in ledger.live():
+            found = True
+            progress(f"stopping leftover {rec.kind} process group {rec.pid}")
+            kill_group(rec.pid, grace_s=5)
+            ledger.forget(rec.pid)
     info_path(home).unlink(missing_ok=True)
     return found
 

@@ -13,9 +13,12 @@
 - Instant Start: one standby process (runtime/replica/standby.py) waits with vLLM imported; a
   start hands it the launcher's command, and a fresh standby is started behind it.
 - Every replica (and the standby) runs in its own process group, so stopping one kills its
-  EngineCore and worker too. close() stops all of them, is registered with atexit, and the
-  process groups are written to `state.json` so `warmstart local down` can finish the job if
-  this process was killed outright.
+  EngineCore and worker too. close() stops all of them and is registered with atexit. Each group
+  is recorded in the ledger (runtime/pool/ledger.py, one file per group) from its start until it
+  is gone, so a pool that starts after its previous owner died (gunicorn replaced the worker)
+  adopts the ready replicas that owner left and kills the rest, and `warmstart local down` can
+  finish the job if this process was killed outright. `state.json` is the owner's view for
+  `local status`.
 
 The pool runs inside the gate's worker (a gevent worker under gunicorn, or a plain thread
 server): no call here blocks for long without yielding — CPU-bound steps (sha256 of the weights)
@@ -40,10 +43,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from runtime.gate.config import GateConfig
 from runtime.pool.base import PoolSnapshot, Replica, ReplicaPool, ReplicaState
+from runtime.pool.ledger import Ledger, Record, start_ticks
 from runtime.replica import readiness, weights
 from runtime.replica.launcher import EngineCommand, build_command
 from warmstart.spec import Variant, load_variant, replicas_needed
@@ -96,12 +100,49 @@ def kill_group(pid: int, grace_s: float = 10.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def owner_alive(pid: int) -> bool:
+    """Whether a pool's process (a ledger record's owner) still runs; zombies do not."""
+    return start_ticks(pid) is not None
+
+
+class _Handle(Protocol):
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | Any: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class _Adopted:
+    """A replica's leader that a previous owner of the pool started: not our child, so there is
+    no exit status to collect; it is alive while the ledger record still describes it."""
+
+    def __init__(self, rec: Record) -> None:
+        self.rec = rec
+        self.pid = rec.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and start_ticks(self.pid) != self.rec.start:
+            self.returncode = -1  # unknown: its parent (gone) would have collected it
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return -1
+
+
 @dataclass
 class _Proc:
-    """A replica (or the standby) this pool started."""
+    """A replica (or the standby) this pool started or adopted."""
 
     id: str
-    proc: subprocess.Popen[bytes]
+    proc: _Handle
     log_path: Path
     port: int = 0
     state: ReplicaState = "launching"
@@ -189,6 +230,9 @@ class LocalPool(ReplicaPool):
         self._closed = threading.Event()
         self._wake_event = threading.Event()
         self.events: list[dict[str, Any]] = []  # replica lifecycle, for `local status` and tests
+        self._owner = os.getpid()
+        self.ledger = Ledger(self.home)
+        self._take_over()
 
         atexit.register(self.close)
         self._monitor = threading.Thread(target=self._run, name="local-pool", daemon=True)
@@ -239,7 +283,7 @@ class LocalPool(ReplicaPool):
             self._replicas.clear()
             self._standby = None
         pids = [p.proc.pid for p in procs] + ([sb.proc.pid] if sb else [])
-        threads = [threading.Thread(target=kill_group, args=(pid,)) for pid in pids]
+        threads = [threading.Thread(target=self._kill_and_forget, args=(pid,)) for pid in pids]
         for t in threads:
             t.start()
         for t in threads:
@@ -321,12 +365,12 @@ class LocalPool(ReplicaPool):
                 del self._replicas[r.id]
         for r in gone:
             if r.stopping:
-                self._event("stopped", r)
+                self._event("stopped", r)  # _stop forgets it once the whole group is gone
                 continue
             code = r.proc.returncode
             self._event("crashed", r, exit_code=code)
             log.warning("replica %s (pid %s) exited with %s; replacing it while demand lasts", r.id, r.proc.pid, code)
-            kill_group(r.proc.pid, grace_s=2)  # its EngineCore/worker, if they outlived it
+            self._kill_and_forget(r.proc.pid, grace_s=2)  # its EngineCore/worker, if they outlived it
             if r.state == "ready":
                 # It was serving: replace it, and keep the replacement for an idle window even if
                 # no new request arrives meanwhile (the crash is not the end of the demand).
@@ -367,7 +411,41 @@ class LocalPool(ReplicaPool):
 
     def _stop(self, r: _Proc) -> None:
         readiness.drain(r.url, timeout=self.drain_timeout_s)
-        kill_group(r.proc.pid)
+        self._kill_and_forget(r.proc.pid)
+
+    def _kill_and_forget(self, pid: int, grace_s: float = 10.0) -> None:
+        # The record goes only after the group is gone: if this process dies meanwhile, the next
+        # owner (or `local down`) still finds it.
+        kill_group(pid, grace_s=grace_s)
+        self.ledger.forget(pid)
+
+    # -- taking over from a previous owner ---------------------------------------------------------
+    def _take_over(self) -> None:
+        """Adopt the ready replicas a dead previous owner left (they keep serving), kill every
+        other group it recorded (starting replicas, its standby: their orders came from it)."""
+        adopted = 0
+        for rec in self.ledger.live():
+            if owner_alive(rec.owner):
+                continue  # a live pool (maybe in this very process) still owns it
+            url = f"http://{HOST}:{rec.port}"
+            leader_alive = start_ticks(rec.pid) == rec.start
+            if (rec.kind == "replica" and rec.state == "ready" and leader_alive and rec.port
+                    and len(self._replicas) < self.max_replicas and readiness.in_flight(url) is not None):
+                previous, rec.owner = rec.owner, self._owner
+                self.ledger.write(rec)
+                r = _Proc(id=rec.id or f"local-{rec.pid}", proc=_Adopted(rec), log_path=Path(rec.log),
+                          port=rec.port, state="ready", via_standby=rec.via_standby)
+                self._replicas[r.id] = r
+                self._event("adopted", r, previous_owner=previous)
+                adopted += 1
+            else:
+                log.warning("killing process group %s (%s %s) left by pool owner %s",
+                            rec.pid, rec.kind, rec.state, rec.owner)
+                self._event("reclaimed", None, pid=rec.pid, group=rec.kind, previous_owner=rec.owner)
+                threading.Thread(target=self._kill_and_forget, args=(rec.pid, 5.0), daemon=True).start()
+        if adopted:
+            # Adopted replicas get an idle window of their own, like a replica that just started.
+            self._demand.append((self._clock(), adopted))
 
     # -- starting replicas -------------------------------------------------------------------------
     def _start_replica(self) -> None:
@@ -385,9 +463,11 @@ class LocalPool(ReplicaPool):
         if sb is not None:
             sb.ready_file.unlink(missing_ok=True)
             proc, log_path, via = sb.proc, sb.log_path, True
+            self.ledger.update(proc.pid, kind="replica", id=rid, port=port, via_standby=True)
         else:
             log_path = self.logs / f"{rid}.log"
-            proc = self._popen(list(cmd.argv), cmd.env, log_path, stdin=subprocess.DEVNULL)
+            proc = self._popen(list(cmd.argv), cmd.env, log_path, stdin=subprocess.DEVNULL,
+                               kind="replica", id=rid, port=port)
             via = False
         rep = _Proc(id=rid, proc=proc, log_path=log_path, port=port, via_standby=via)
         with self._lock:
@@ -418,6 +498,7 @@ class LocalPool(ReplicaPool):
             return
         rep.ready_s = time.monotonic() - rep.launched_at
         rep.state = "ready"
+        self.ledger.update(rep.proc.pid, state="ready")
         with self._lock:
             self._failures = 0
             self._error = ""
@@ -454,6 +535,7 @@ class LocalPool(ReplicaPool):
             sb = self._standby
             if sb is not None and sb.proc.poll() is not None:
                 log.warning("standby exited with %s (log: %s)", sb.proc.returncode, sb.log_path)
+                threading.Thread(target=self._kill_and_forget, args=(sb.proc.pid, 2.0), daemon=True).start()
                 self._standby = sb = None
             if sb is not None or self._closed.is_set():
                 return
@@ -465,19 +547,22 @@ class LocalPool(ReplicaPool):
             proc = self._popen(
                 [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready_file),
                  "--prewarm", str(self.weights_dir)],
-                env, log_path, stdin=subprocess.PIPE,
+                env, log_path, stdin=subprocess.PIPE, kind="standby",
             )
             self._standby = _Standby(proc=proc, log_path=log_path, ready_file=ready_file)
 
-    def _popen(self, argv: list[str], env: dict[str, str], log_path: Path, stdin: int) -> subprocess.Popen[bytes]:
+    def _popen(self, argv: list[str], env: dict[str, str], log_path: Path, stdin: int, *,
+               kind: str, **record: Any) -> subprocess.Popen[bytes]:
         out: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; we close our copy
         try:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
                 start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
             )
         finally:
             out.close()
+        self.ledger.record(proc.pid, owner=self._owner, kind=kind, argv=argv, log=str(log_path), **record)
+        return proc
 
     # -- state for `warmstart local status|down` ----------------------------------------------------
     def _event(self, kind: str, rep: _Proc | None, **extra: Any) -> None:

@@ -59,11 +59,26 @@
     el.hidden = !text;
   }
 
+  // Concurrent runs (side by side) answer in any order, so a later response may carry an older
+  // count: within one quota window keep the lowest remaining seen; a later reset starts a new window.
+  let quotaWindow = null; // {remaining, resetAt}
+
   function updateQuota(headers) {
-    const remaining = headers.get("x-ratelimit-remaining-requests");
+    const remainingHeader = headers.get("x-ratelimit-remaining-requests");
     const limit = headers.get("x-ratelimit-limit-requests");
-    if (remaining !== null) $("#remaining").textContent = remaining;
     if (limit !== null) $("#limit").textContent = " / " + limit;
+    if (remainingHeader === null) return;
+    const remaining = parseInt(remainingHeader, 10);
+    if (isNaN(remaining)) return;
+    const resetIn = parseResetSeconds(headers.get("x-ratelimit-reset-requests"));
+    const resetAt = resetIn === null ? null : Date.now() / 1000 + resetIn;
+    const sameWindow = quotaWindow !== null && resetAt !== null && quotaWindow.resetAt !== null &&
+      resetAt <= quotaWindow.resetAt + 2;
+    quotaWindow = {
+      remaining: sameWindow ? Math.min(quotaWindow.remaining, remaining) : remaining,
+      resetAt: sameWindow ? Math.max(quotaWindow.resetAt, resetAt) : resetAt,
+    };
+    $("#remaining").textContent = String(quotaWindow.remaining);
   }
 
   // Reset times come as seconds ("3600"), OpenAI-style durations ("6h12m3s", "250ms") or an
@@ -189,6 +204,7 @@
           const reset = parseResetSeconds(resp.headers.get("x-ratelimit-reset-requests"))
             ?? parseResetSeconds(resp.headers.get("retry-after"));
           const msg = "daily limit reached, resets in " + humanDuration(reset);
+          if (quotaWindow !== null) quotaWindow.remaining = 0;
           $("#remaining").textContent = "0";
           showBanner(msg, "error");
           setState(pane, "capped", msg);

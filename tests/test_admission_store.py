@@ -178,3 +178,20 @@ def test_usage_reads_the_key_budget_without_spending(store: AdmissionStore) -> N
         assert after is not None and (after.limit, after.remaining) == (limit, limit - 1)
         assert after.remaining == d.headers.remaining  # the same numbers the admission reported
     assert _peek(store, KEY) is None  # no rate, no cap: the gate shows concurrency
+
+
+def test_memory_store_scans_its_leases_only_when_one_may_have_expired() -> None:
+    now = [1000.0]
+    s = MemoryStore(clock=lambda: now[0], namespace="ep-test")
+    leaks: list[int] = []
+    s.on_expired = leaks.append
+    wide = [SlotSpec("r1", 1000)]
+    for i in range(300):
+        now[0] += 0.01
+        assert s.admit(KeyLimits(f"{i:064x}"), wide, 1000, f"l{i}", 30).admitted
+    assert s.scans <= 1  # not one scan of every lease per admission
+    now[0] = 1020.0
+    s.renew([f"l{i}" for i in range(150)], 30)  # half stay alive (to 1050), the rest end by 1033
+    now[0] = 1040.0
+    assert s.admit(KeyLimits("f" * 64), wide, 1000, "late", 30).admitted
+    assert leaks == [150] and s.total_in_flight() == 151

@@ -322,7 +322,7 @@ class Gate:
             for chunk in chunks(resp, self.config.request_timeout_s):
                 if ctx.ttft is None:
                     ctx.ttft = time.monotonic() - ctx.t0
-                    metrics.TTFT.labels(ctx.route).observe(ctx.ttft)
+                    metrics.child(metrics.TTFT, ctx.route).observe(ctx.ttft)
                 events += chunk.count(b"data: ")
                 if b'"usage"' in chunk:
                     _usage_from_sse(chunk, ctx)
@@ -353,12 +353,12 @@ class Gate:
             return
         ctx.logged = True
         elapsed = time.monotonic() - ctx.t0
-        metrics.REQUESTS.labels(ctx.route, str(ctx.status)).inc()
-        metrics.DURATION.labels(ctx.route).observe(elapsed)
+        metrics.child(metrics.REQUESTS, ctx.route, str(ctx.status)).inc()
+        metrics.child(metrics.DURATION, ctx.route).observe(elapsed)
         if ctx.tokens_in:
-            metrics.TOKENS.labels("in").inc(ctx.tokens_in)
+            metrics.child(metrics.TOKENS, "in").inc(ctx.tokens_in)
         if ctx.tokens_out:
-            metrics.TOKENS.labels("out").inc(ctx.tokens_out)
+            metrics.child(metrics.TOKENS, "out").inc(ctx.tokens_out)
         access_log.emit(
             request_id=ctx.request_id, endpoint=self.config.endpoint, route=ctx.route, status=ctx.status, key=ctx.key, replica=ctx.replica,
             stream=ctx.stream, duration_ms=elapsed * 1000, ttft_ms=None if ctx.ttft is None else ctx.ttft * 1000,
@@ -441,7 +441,7 @@ def create_app(
         ctx: Ctx | None = g.get("ctx")
         if ctx is not None:
             ctx.status, ctx.reason = e.status, e.reason
-        metrics.REJECTIONS.labels(str(e.status), e.reason or "other").inc()
+        metrics.child(metrics.REJECTIONS, str(e.status), e.reason or "other").inc()
         resp = Response(json.dumps(e.body()), status=e.status, mimetype="application/json")
         for k, v in e.response_headers().items():
             resp.headers[k] = v
@@ -605,7 +605,7 @@ def create_app(
             yield from gate.relay(resp, lease, ctx, watch, started)
         except GateError as e:
             ctx.status, ctx.reason = e.status, e.reason
-            metrics.REJECTIONS.labels(str(e.status), e.reason or "other").inc()
+            metrics.child(metrics.REJECTIONS, str(e.status), e.reason or "other").inc()
             if not watch.closed:
                 yield e.sse()
         finally:

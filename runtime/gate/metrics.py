@@ -8,6 +8,7 @@ it before the workers start) prometheus_client writes each value to a per-proces
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +40,19 @@ REJECTIONS = Counter("ws_rejections_total", "Requests refused, by status and rea
 LEASE_LEAKS = Counter("ws_lease_leaks_total", "Leases that expired without being released (should stay 0)")
 REPLICAS = Gauge("ws_replicas", "Replicas by state, as the pool reports them", ["state"],
                  multiprocess_mode="livemostrecent")
+
+
+def child(metric: Counter | Histogram, *labels: str) -> Any:
+    """metric.labels(*labels), memoised: the lookup (argument checks, a lock, a dict) costs more than
+    the observation itself, and the gate makes several per request with a handful of label sets."""
+    key = (id(metric), labels)
+    c = _CHILDREN.get(key)
+    if c is None:
+        c = _CHILDREN.setdefault(key, metric.labels(*labels))
+    return c
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def set_replicas(ready: int, starting: int) -> None:

@@ -73,14 +73,59 @@ def _describe(e: BaseException) -> str:
     return type(e).__name__
 
 
+def _peek_now(fp: Any) -> bytes:
+    """What `fp` (a buffered socket reader) can return without waiting: its buffer, or one
+    non-blocking read of the socket when the buffer is empty; b"" if nothing is there."""
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if sock is None:
+        return b""
+    prev = sock.gettimeout()
+    sock.settimeout(0.0)  # EAGAIN instead of a wait: SocketIO turns it into "no data" (None)
+    try:
+        return bytes(fp.peek())
+    except (OSError, ValueError):
+        return b""
+    finally:
+        sock.settimeout(prev)
+
+
+def _next_chunk_ready(fp: Any) -> bool:
+    """True if the next whole HTTP chunk (size line, data, CRLF) is already here."""
+    buf = _peek_now(fp)
+    nl = buf.find(b"\r\n")
+    if nl < 0:
+        return False
+    try:
+        size = int(buf[:nl].split(b";", 1)[0], 16)
+    except ValueError:
+        return False
+    return len(buf) >= nl + 2 + size + 2
+
+
 def chunks(resp: urllib3.BaseHTTPResponse, timeout_s: float) -> Iterator[bytes]:
-    """The upstream body as it arrives: one HTTP chunk at a time, never waiting to fill a buffer.
+    """The upstream body as it arrives, never waiting to fill a buffer: each piece is one HTTP
+    chunk plus whichever following chunks are already complete in the socket buffer (a loaded
+    gate that fell behind sends several SSE events in one client write instead of one write
+    each; an idle one still forwards every event the moment it arrives).
 
     Raises GateError (502/504) if the upstream fails before the end.
     """
     try:
         if resp.chunked and isinstance(resp, HTTPResponse) and resp.supports_chunked_reads():
-            yield from resp.read_chunked(None, decode_content=True)
+            it = resp.read_chunked(None, decode_content=True)
+            fp = getattr(getattr(resp, "_fp", None), "fp", None)  # http.client's buffered socket reader
+            for chunk in it:
+                if fp is not None and _next_chunk_ready(fp):
+                    parts = [chunk]
+                    while len(parts) < 64:
+                        nxt = next(it, None)
+                        if nxt is None:
+                            break
+                        parts.append(nxt)
+                        if not _next_chunk_ready(fp):
+                            break
+                    chunk = b"".join(parts)
+                yield chunk
         else:
             while True:
                 data = resp.read1(65536)
@@ -187,5 +232,9 @@ class DisconnectWatch:
 
     def stop(self) -> None:
         if self._greenlet is not None:
+            # block=True, not False (tried for speed): the watcher is parked in recv() on the client
+            # socket, and on a keep-alive connection gunicorn reads the next request from that same
+            # socket right after this one; a kill still in flight makes that read fail with
+            # ConcurrentObjectUseError (a 500 for the next request).
             self._greenlet.kill(block=True)
             self._greenlet = None

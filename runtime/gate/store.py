@@ -101,12 +101,20 @@ class MemoryStore(AdmissionStore):
         self._tat: dict[str, float] = {}
         self._days: dict[tuple[str, int], int] = {}
         self._claims: dict[str, float] = {}
+        # A lower bound on the soonest lease expiry (renewals only push expiries later): the scan
+        # of every lease runs only once something may have expired, not on every admission.
+        self._next_expiry = float("inf")
+        self.scans = 0  # full lease scans so far (should stay far below the admission count)
 
     def _purge(self, now: float) -> None:
+        if now < self._next_expiry:
+            return
+        self.scans += 1
         dead = [lid for lid, (_, exp) in self._leases.items() if exp <= now]
         for lid in dead:
             rid, _ = self._leases.pop(lid)
             self._per_replica[rid] -= 1
+        self._next_expiry = min((exp for _, exp in self._leases.values()), default=float("inf"))
         self._expired(len(dead))
 
     def admit(
@@ -123,6 +131,7 @@ class MemoryStore(AdmissionStore):
             decision = decide(now, key, usage, slots, len(self._leases), plan_max, self._namespace)
             if isinstance(decision, Admitted):
                 self._leases[lease_id] = (decision.replica_id, now + ttl_s)
+                self._next_expiry = min(self._next_expiry, now + ttl_s)
                 self._per_replica[decision.replica_id] = self._per_replica.get(decision.replica_id, 0) + 1
                 if decision.new_tat is not None and key.rate_per_min is not None:
                     self._tat[key.key_hash] = decision.new_tat
@@ -158,6 +167,8 @@ class MemoryStore(AdmissionStore):
                 if entry is not None:
                     self._leases[lid] = (entry[0], now + ttl_s)
                     alive.add(lid)
+            if alive:
+                self._next_expiry = min(self._next_expiry, now + ttl_s)
             return alive
 
     def in_flight(self) -> dict[str, int]:

@@ -4,7 +4,9 @@ and how it fails. The gate runs under real gunicorn in front of the deterministi
 from __future__ import annotations
 
 import io
+import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,34 @@ def test_latency_buckets_resolve_llm_latencies(zgate: tuple[Any, ZeroablePool, A
         assert all(hi / lo <= 2.5 for lo, hi in zip(bounds[3:], bounds[4:], strict=False)), bounds
     assert max(float(line.split('le="')[1].split('"')[0]) for line in text.splitlines()
                if line.startswith("ws_request_duration_seconds_bucket") and 'le="+Inf"' not in line) >= 600
+
+
+# -- gunicorn's own refusals ----------------------------------------------------------------------
+
+def _raw(gate: GateServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GARBAGE\r\n\r\n", 400, "invalid_request"),
+    (b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n",
+     431, "request_headers_too_large"),
+    # just over gunicorn's 4094-byte limit, small enough to be read in one recv (unread bytes would
+    # make the close an RST that can discard the answer before the test reads it)
+    (b"GET /" + b"a" * 4200 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long"),
+])
+def test_gunicorn_parser_refusals_are_openai_shaped(gate: GateServer, request_bytes: bytes, status: int,
+                                                    code: str) -> None:
+    got, headers, body = _raw(gate, request_bytes)
+    assert got == status and headers["content-type"] == "application/json" and headers["x-request-id"]
+    err = json.loads(body)["error"]
+    assert err["code"] == code and err["type"] == "invalid_request_error" and err["message"]
+    assert "<html" not in body.decode()

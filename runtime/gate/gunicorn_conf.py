@@ -33,7 +33,9 @@ from typing import Any
 
 bind = os.environ.get("WS_GATE_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("WS_GATE_WORKERS", str(os.cpu_count() or 1)))
-worker_class = "gevent"
+# gunicorn's gevent worker, answering its own parser refusals (malformed request line, oversized
+# headers) with OpenAI-shaped JSON instead of an HTML page (runtime/gate/worker.py).
+worker_class = "runtime.gate.worker.GateWorker"
 worker_connections = int(os.environ.get("WS_GATE_WORKER_CONNECTIONS", "10000"))
 keepalive = int(os.environ.get("WS_GATE_KEEPALIVE", "310"))
 timeout = int(os.environ.get("WS_GATE_TIMEOUT", "30"))

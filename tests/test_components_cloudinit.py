@@ -85,6 +85,25 @@ def imds() -> Iterator[int]:
     server.server_close()
 
 
+def _log_argv(cmd: str, log: Path) -> str:
+    """A stand-in's first lines: log its argv as ONE write of a whole line. Commands in a pipeline
+    (`aws ecr get-login-password | docker login ...`) run at once; O_APPEND writes under PIPE_BUF
+    are atomic, two appends per call are not."""
+    return f'#!/bin/bash\nprintf -v line "%q " {cmd} "$@"\nprintf \'%s\\n\' "$line" >> {log}\n'
+
+
+def test_stand_ins_log_concurrent_calls_as_whole_lines(tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    shim = tmp_path / "tool"
+    shim.write_text(_log_argv("tool", log))
+    shim.chmod(0o755)
+    n = 64
+    procs = [subprocess.Popen([str(shim), f"call-{i}", "x" * 200]) for i in range(n)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    lines = [shlex.split(line) for line in log.read_text().splitlines()]
+    assert sorted(lines) == sorted(["tool", f"call-{i}", "x" * 200] for i in range(n))
+
+
 def _lay_out(tmp_path: Path, user_data: str) -> tuple[Path, dict[str, str], Path]:
     """The rendered cloud-config's files under tmp_path/machine, PATH shims for docker/aws/systemctl
     that log their argv; returns the root, the environment to run its scripts in, and the log."""
@@ -105,7 +124,7 @@ def _lay_out(tmp_path: Path, user_data: str) -> tuple[Path, dict[str, str], Path
     log = tmp_path / "calls.log"
     for cmd in ("docker", "aws", "systemctl"):
         shim = shims / cmd
-        shim.write_text(f'#!/bin/bash\nprintf "%q " {cmd} "$@" >> {log}\necho >> {log}\n'
+        shim.write_text(_log_argv(cmd, log)
                         + ("echo ecr-password\n" if cmd == "aws" else "")
                         # like docker login --password-stdin: read the password the pipe sends
                         + ('if [[ " $* " == *" --password-stdin "* ]]; then cat > /dev/null; fi\n' if cmd == "docker" else ""))

@@ -6,7 +6,7 @@
   the scale-out rule of DESIGN.md.
 - From zero: with no replica there is no per-replica metric; the gate wakes the pool itself
   (SetDesiredCapacity through the aws pool) when a request arrives.
-- Flex idle: idle means no request arrived AND none is still running. A stream outlives the
+- Flex idle: idle means no request arrived, none is still running AND none is waiting for capacity. A stream outlives the
   minute it arrived in, so Requests alone would call a 10-minute stream idle after 5 and scale
   its replica away mid-answer. The alarm is metric math over the gate's Requests (Sum) and
   InFlight (Maximum, the minute's peak): FILL(Requests, 0) + FILL(InFlight, 0) below 1 for
@@ -15,6 +15,11 @@
   stream (plain m1 + m2 is missing where either is). Missing data as a whole counts as idle:
   the gate publishes both every minute, also at zero replicas, so no data means no gate is
   running and nobody can be calling.
+  A cold start's callers are neither: the gate holds them (no lease, so not InFlight; not
+  answered, so not Requests) for the minutes a replica takes to boot. While the alarm stays in
+  ALARM, Auto Scaling re-runs its policy, and would set the capacity back to 0 right after the
+  gate's wake. So the math also adds the gate's Waiting (Maximum: requests held for capacity),
+  which the gate publishes as soon as it wakes the group and every minute after.
 - Active: no idle rule; the ASG's min_size (>= 1) is the floor.
 - Stopped: alarm actions are disabled; the node group's max size is 0.
 """
@@ -32,9 +37,9 @@ from components.base import Tags, child
 from warmstart import metrics
 
 # The gate's peak in-flight requests of the minute (warmstart.metrics.PUBLISHED).
-IN_FLIGHT = "InFlight"
-# FILL: a gap in one series must not hide the other (m1 + m2 is missing where either is).
-IDLE_EXPRESSION = "FILL(requests, 0) + FILL(in_flight, 0)"
+IN_FLIGHT = metrics.IN_FLIGHT
+# FILL: a gap in one series must not hide another (m1 + m2 is missing where either is).
+IDLE_EXPRESSION = "FILL(requests, 0) + FILL(in_flight, 0) + FILL(waiting, 0)"
 
 
 def idle_periods(idle_timeout_s: int) -> int:
@@ -92,13 +97,15 @@ class Scaling(pulumi.ComponentResource):
             periods = idle_periods(args.idle_timeout_s)
             self.idle_alarm = aws.cloudwatch.MetricAlarm(
                 f"{name}-idle",
-                alarm_description=(f"Flex: no requests and none in flight for {periods} minute(s) "
-                                   "-> scale replicas to 0"),
+                alarm_description=(f"Flex: no requests, none in flight and none waiting for capacity "
+                                   f"for {periods} minute(s) -> scale replicas to 0"),
                 metric_queries=[
                     _gate_metric("requests", metrics.REQUESTS, "Sum", args.endpoint),
                     _gate_metric("in_flight", IN_FLIGHT, "Maximum", args.endpoint),
+                    _gate_metric("waiting", metrics.WAITING, "Maximum", args.endpoint),
                     aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                        id="idle", expression=IDLE_EXPRESSION, label="requests + in flight", return_data=True),
+                        id="idle", expression=IDLE_EXPRESSION, label="requests + in flight + waiting",
+                        return_data=True),
                 ],
                 evaluation_periods=periods, datapoints_to_alarm=periods, threshold=1,
                 comparison_operator="LessThanThreshold", treat_missing_data="breaching",

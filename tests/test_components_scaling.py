@@ -48,7 +48,7 @@ def test_flex_scales_to_zero_after_idle_timeout(env: str) -> None:
     queries = {q["id"]: q for q in alarm["metricQueries"]}
     assert [q["id"] for q in alarm["metricQueries"] if q["returnData"]] == ["idle"]
     read = {(q["metric"]["metricName"], q["metric"]["stat"]) for q in queries.values() if "metric" in q}
-    assert read == {("Requests", "Sum"), ("InFlight", "Maximum")}
+    assert read == {("Requests", "Sum"), ("InFlight", "Maximum"), ("Waiting", "Maximum")}
     for q in queries.values():
         if "metric" in q:
             m = q["metric"]
@@ -99,8 +99,33 @@ def _fires(alarm: dict[str, object], minutes: Minutes) -> bool:
     return any(all(breach[i:i + n]) for i in range(len(breach) - n + 1))
 
 
-def _minutes(requests: list[float | None], in_flight: list[float | None]) -> Minutes:
-    return [{"Requests": r, "InFlight": f} for r, f in zip(requests, in_flight, strict=True)]
+def _minutes(requests: list[float | None], in_flight: list[float | None],
+             waiting: list[float | None] | None = None) -> Minutes:
+    waits = waiting if waiting is not None else [0.0] * len(requests)
+    return [{"Requests": r, "InFlight": f, "Waiting": w} for r, f, w in zip(requests, in_flight, waits, strict=True)]
+
+
+def _alarm_states(alarm: dict[str, object], minutes: Minutes) -> list[bool]:
+    """Whether the alarm is in ALARM after each minute (it looks back evaluationPeriods minutes)."""
+    n = int(alarm["evaluationPeriods"])  # type: ignore[call-overload]
+    return [i + 1 >= n and _fires(alarm, minutes[i + 1 - n:i + 1]) for i in range(len(minutes))]
+
+
+def test_a_cold_start_with_held_requests_never_alarms() -> None:
+    alarm = stack_graph("dev").one(ALARM, "scaling-idle").inputs
+    # Flex at zero for 10 idle minutes (the alarm is in ALARM), then callers arrive: the gate
+    # wakes the group and holds them through a 6-minute cold start (not admitted: no InFlight;
+    # not answered: no Requests), then they are answered and the endpoint serves.
+    idle, cold, serving = 10, 6, 3
+    minutes = _minutes([0] * idle + [0] * cold + [4] * serving,
+                       [0] * idle + [0] * cold + [2] * serving,
+                       [0] * idle + [3] * cold + [0] * serving)
+    states = _alarm_states(alarm, minutes)
+    assert states[idle - 1]  # idle before: in ALARM, its policy keeps the group at 0
+    # from the wake's minute on, no evaluation finds the endpoint idle: the starting replica stays
+    assert not any(states[idle:])
+    # only the held demand keeps it up: the same minutes without it look idle
+    assert _fires(alarm, [{**m, "Waiting": 0.0} for m in minutes[idle:idle + cold]])
 
 
 def test_a_stream_longer_than_the_idle_timeout_keeps_its_replica() -> None:

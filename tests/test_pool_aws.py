@@ -4,6 +4,7 @@ metrics and the capacity fallback."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -13,6 +14,7 @@ from runtime.gate.config import GateConfig
 from runtime.pool.aws import AwsPool, replica_phase
 from runtime.scaling import asg as asgops
 from runtime.scaling.coordination import MemoryCoordinator, RedisCoordinator
+from warmstart import metrics
 from warmstart.testing.fleet import Fleet
 
 
@@ -260,7 +262,7 @@ def test_gate_metrics_published_to_cloudwatch(fleet: Fleet) -> None:
     data = pool.metric_data()
     values = {d["MetricName"]: d["Value"] for d in data}
     assert values == {"InFlight": 45.0, "InFlightPerReplica": 22.5, "ReadyReplicas": 2.0,
-                      "Requests": 3.0, "Rejected429": 1.0, "Rejected503": 0.0}
+                      "Requests": 3.0, "Rejected429": 1.0, "Rejected503": 0.0, "Waiting": 0.0}
     assert set(values) == set(metrics.PUBLISHED)
 
     pool.observe_in_flight(0)
@@ -269,6 +271,44 @@ def test_gate_metrics_published_to_cloudwatch(fleet: Fleet) -> None:
     listed = cw.list_metrics(Namespace=metrics.NAMESPACE)["Metrics"]
     assert {m["MetricName"] for m in listed} == set(metrics.PUBLISHED)
     assert all(m["Dimensions"] == [{"Name": "Endpoint", "Value": "chat"}] for m in listed)
+
+
+def test_waiting_requests_are_published_and_a_wake_publishes_at_once(fleet: Fleet) -> None:
+    clock = Clock()
+    pool = pool_for(fleet, clock)
+
+    def waiting() -> float:
+        (value,) = [d["Value"] for d in pool.metric_data() if d["MetricName"] == "Waiting"]
+        return float(value)
+
+    assert waiting() == 0.0  # published as zero when nobody waits: the idle alarm reads it
+    pool.report_waiting(3)
+    pool.report_waiting(1)
+    assert waiting() == 3.0  # the minute's peak
+    assert waiting() == 1.0  # still held (re-reported recently): the next minute counts it too
+    clock.t += 60  # nobody re-reported: those requests were admitted, refused or gone
+    assert waiting() == 1.0  # ... some time in that minute, at whose start one still waited
+    assert waiting() == 0.0
+
+    cw = fleet.client("cloudwatch")
+
+    def published() -> int:
+        stats = cw.get_metric_statistics(
+            Namespace=metrics.NAMESPACE, MetricName="Waiting", Dimensions=[{"Name": "Endpoint", "Value": "chat"}],
+            StartTime=datetime.now(UTC) - timedelta(hours=1), EndTime=datetime.now(UTC) + timedelta(hours=1),
+            Period=60, Statistics=["SampleCount"])
+        return int(sum(p["SampleCount"] for p in stats["Datapoints"]))
+
+    pool.step()  # the first step publishes
+    clock.t += 1
+    pool.step()
+    assert published() == 1  # the next publish is a minute away ...
+    pool.report_waiting(1)
+    pool.wake()  # ... unless the gate wakes the group: then at the next step
+    clock.t += 1
+    pool.step()
+    assert published() == 2
+    assert fleet.group()["DesiredCapacity"] == 1
 
 
 def test_capacity_failure_switches_to_the_variants_fallback_type(fleet: Fleet, aws_calls: Any) -> None:

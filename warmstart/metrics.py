@@ -23,6 +23,7 @@ PUBLISHED: dict[str, tuple[str, str]] = {
     "InFlightPerReplica": ("Count", "InFlight / max(ReadyReplicas, 1): the scaling metric, target = variant.target_concurrency"),
     "ReadyReplicas": ("Count", "replicas the gate routes to"),
     "Requests": ("Count", "requests received in the minute (Sum); 0 when idle"),
+    "Waiting": ("Count", "requests held waiting for capacity, e.g. through a cold start (Maximum over the minute); 0 when none"),
     "Rejected429": ("Count", "requests refused with 429 (plan budget, rate, daily cap)"),
     "Rejected503": ("Count", "requests refused with 503 (stopped, or no capacity within the hold bound)"),
 }
@@ -41,3 +42,5 @@ ACCESS_LOG_ENDPOINT_FIELD = "endpoint"
 
 INFLIGHT_PER_REPLICA = "InFlightPerReplica"
 REQUESTS = "Requests"
+IN_FLIGHT = "InFlight"
+WAITING = "Waiting"

@@ -233,6 +233,7 @@ class Gate:
         self._last_demand = now
         try:
             self.pool.report_demand(in_flight + self._waiting)
+            self.pool.report_waiting(self._waiting)
         except Exception:
             access_log.logger.getChild("pool").exception("report_demand failed")
 

@@ -20,7 +20,7 @@ in-between phases for humans.
 Scaling: `wake()` and `report_demand()` hand the numbers to runtime.scaling's controller (one
 scale-up across all gates, through the Redis lock when the store is redis://); the background
 thread also runs the idle controller's tick (Flex -> 0), publishes the gate's metrics
-(warmstart.metrics.PUBLISHED: InFlight, InFlightPerReplica, ReadyReplicas, Requests, ...) to
+(warmstart.metrics.PUBLISHED: InFlight, InFlightPerReplica, ReadyReplicas, Requests, Waiting, ...) to
 CloudWatch once a minute for the Scaling component's target tracking and idle alarm, and switches
 to the variant's fallback instance types when launches fail for lack of capacity.
 Pulumi ignores desired capacity, so none of this fights a later `pulumi up`.
@@ -52,6 +52,9 @@ from warmstart.spec import load_variant
 log = logging.getLogger("warmstart.pool.aws")
 
 DEFAULT_ENGINE_PORT = 8000
+# A held request re-reports every <= 0.25 s while it waits (the gate's hold loop); a report older
+# than this is from requests that were since admitted, refused, or whose gate worker died.
+WAITING_FRESH_S = 5.0
 
 _PENDING = ("Pending", "Pending:Wait", "Pending:Proceed")
 _DRAINING = (
@@ -160,6 +163,9 @@ class AwsPool(ReplicaPool):
         self._fetched_at: float | None = None
         self._in_flight = 0
         self._peak_in_flight = 0
+        self._waiting = 0
+        self._waiting_at = float("-inf")
+        self._peak_waiting = 0
         self._counted: dict[str, float] = {}
         self._handled_activity: str | None = None
         self._stop = threading.Event()
@@ -189,6 +195,16 @@ class AwsPool(ReplicaPool):
             return
         if decision is not None:
             self._note_desired(decision.desired)
+            # Publish on the next background step, not a minute later: the Flex idle alarm may
+            # still be in ALARM (the endpoint sat at zero) and must see the held demand (Waiting)
+            # before its policy sets the capacity back to 0 under the starting replica.
+            self._next_metrics = self._clock()
+
+    def report_waiting(self, waiting: int) -> None:
+        with self._lock:
+            self._waiting = max(int(waiting), 0)
+            self._waiting_at = self._clock()
+            self._peak_waiting = max(self._peak_waiting, self._waiting)
 
     def report_demand(self, in_flight: int) -> None:
         self.observe_in_flight(in_flight)
@@ -284,12 +300,16 @@ class AwsPool(ReplicaPool):
         """The gate's published metrics (warmstart.metrics.PUBLISHED) since the last call.
 
         InFlight is the peak since the last publish (the Scaling component reads it as Maximum);
+        Waiting likewise, of the requests held for capacity (a cold start's callers: neither in
+        flight nor finished, yet demand the idle alarm must see);
         Requests and rejections are this process's counts since then (CloudWatch sums the gates
         and workers). A zero Requests datapoint is published when idle on purpose: the Flex idle
         alarm reads it.
         """
         with self._lock:
             peak, self._peak_in_flight = self._peak_in_flight, self._in_flight
+            still_waiting = self._waiting if self._clock() - self._waiting_at < WAITING_FRESH_S else 0
+            peak_waiting, self._peak_waiting = self._peak_waiting, still_waiting
         ready = len(self._snap.ready)
         counts = _gate_counts()
         deltas = {k: max(v - self._counted.get(k, 0.0), 0.0) for k, v in counts.items()}
@@ -299,6 +319,7 @@ class AwsPool(ReplicaPool):
             metrics.INFLIGHT_PER_REPLICA: peak / max(ready, 1),
             "ReadyReplicas": float(ready),
             metrics.REQUESTS: deltas.get("requests", 0.0),
+            metrics.WAITING: float(peak_waiting),
             "Rejected429": deltas.get("429", 0.0),
             "Rejected503": deltas.get("503", 0.0),
         }

@@ -64,5 +64,9 @@ class ReplicaPool(abc.ABC):
     def report_demand(self, in_flight: int) -> None:
         """Tell the pool the endpoint-wide in-flight count; it scales by ceil(in_flight / target)."""
 
+    def report_waiting(self, waiting: int) -> None:  # noqa: B027 - optional hook, only aws publishes it
+        """Tell the pool how many requests this gate process holds waiting for capacity (re-reported
+        while they wait). The aws pool publishes it, so Flex's idle rule sees a cold start's demand."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most pools hold nothing
         """Release background threads and connections. Does not stop replicas."""

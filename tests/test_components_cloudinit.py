@@ -116,13 +116,13 @@ def _lay_out(tmp_path: Path, user_data: str) -> tuple[Path, dict[str, str], Path
     # The boot env as written, with its absolute paths moved under the test's root.
     env_file = root / cloudinit.BOOT_ENV.lstrip("/")
     text = env_file.read_text()
-    for d in (cloudinit.ETC_DIR, cloudinit.RUN_DIR, cloudinit.BIN_DIR):
+    for d in (cloudinit.ETC_DIR, cloudinit.RUN_DIR, cloudinit.BIN_DIR, cloudinit.WEIGHTS_MOUNT):
         text = text.replace(f"={d}", f"={root}{d}")
     env_file.write_text(text)
     shims = tmp_path / "shims"
     shims.mkdir()
     log = tmp_path / "calls.log"
-    for cmd in ("docker", "aws", "systemctl"):
+    for cmd in ("docker", "aws", "systemctl", "chown"):
         shim = shims / cmd
         shim.write_text(_log_argv(cmd, log)
                         + ("echo ecr-password\n" if cmd == "aws" else "")
@@ -172,6 +172,13 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     assert ["docker", "pull", "--quiet", IMAGE] in calls
     assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
     assert ["systemctl", "start", "warmstart-replica.service"] in calls
+    # vLLM (the image's uid) can write its compile cache: cache/ is theirs before the engine starts
+    cache = machine.root / cloudinit.CACHE_DIR.lstrip("/")
+    assert cache.is_dir() and cache.stat().st_mode & 0o777 == 0o755
+    uid = str(cloudinit.RUNTIME_UID)
+    chown = ["chown", "-R", f"{uid}:{uid}", str(cache)]
+    assert calls.index(chown) < calls.index(["systemctl", "start", "warmstart-replica.service"])
+    assert [c for c in calls if c[0] == "chown"] == [chown]  # model/ stays root's
     # scale-in lets its streams finish; armed before anything can fail, so a failed boot leaves fast too
     assert calls.index(["systemctl", "start", "warmstart-drain.service"]) < calls.index(["docker", "pull", "--quiet", IMAGE])
     phases = [c[-1].removeprefix("Key=warmstart:phase,Value=") for c in calls if c[:3] == ["aws", "ec2", "create-tags"]]
@@ -181,6 +188,12 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     assert len(complete) == 1
     assert complete[0][complete[0].index("--lifecycle-action-result") + 1] == "CONTINUE"
     assert complete[0][complete[0].index("--instance-id") + 1] == INSTANCE
+
+
+def test_the_boot_script_hands_cache_to_the_images_user() -> None:
+    dockerfile = (Path(cloudinit.__file__).parent / "Dockerfile").read_text()
+    (user,) = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")]
+    assert user == str(cloudinit.RUNTIME_UID)
 
 
 def test_warm_pool_boot_runs_the_hook_instead_of_serving(tmp_path: Path, imds: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from runtime.image.cloudinit import RUNTIME_UID
 from runtime.replica.weights import write_manifest
 from warmstart.errors import OperationError
 from warmstart.ops.snapshot import build_snapshot
@@ -69,6 +70,9 @@ def test_snapshot_built_tagged_and_build_volume_removed(aws_env: str, tmp_path: 
     fs = tmp_path / vol
     assert (fs / "model" / "model.safetensors").read_bytes() == (cache / "model.safetensors").read_bytes()
     assert (fs / "cache").is_dir()
+    # vLLM writes its compile cache there as the runtime image's user; the weights stay root's
+    assert (fs / "cache").stat().st_uid == RUNTIME_UID
+    assert (fs / "model").stat().st_uid == os.geteuid()
     assert json.loads((fs / "warmstart-volume.json").read_text())["variant"] == "llama31-8b-fp8-l4"
 
     assert fsr.of("EnableFastSnapshotRestores") == [

@@ -36,6 +36,10 @@ RUN_DIR = "/run/warmstart"
 WEIGHTS_MOUNT = "/opt/warmstart/weights"
 MODEL_DIR = f"{WEIGHTS_MOUNT}/model"
 CACHE_DIR = f"{WEIGHTS_MOUNT}/cache"
+# The runtime image's USER (runtime/image/Dockerfile): vLLM writes its compile cache to CACHE_DIR
+# as this uid, so the boot script (and `warmstart weights build`) hand cache/ to it; model/ stays
+# root's, read-only to the container.
+RUNTIME_UID = 10001
 # `warmstart weights build` labels the weights filesystem so; mounting by label survives the
 # device renaming of Nitro instances (/dev/sdf becomes /dev/nvme1n1).
 WEIGHTS_LABEL = "ws-weights"
@@ -130,6 +134,7 @@ class ReplicaUserData:
             "RUN_DIR": RUN_DIR,
             "BIN_DIR": BIN_DIR,
             "WEIGHTS_MOUNT": WEIGHTS_MOUNT,
+            "RUNTIME_UID": str(RUNTIME_UID),
             "READY_WAIT_TRIES": str(max(self.ready_wait_s // 5, 1)),
             "TERMINATE_HOOK_NAME": self.terminate_hook_name,
             "DRAIN_TIMEOUT_S": str(self.drain_timeout_s),

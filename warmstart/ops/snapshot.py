@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -37,7 +38,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from runtime.image.cloudinit import WEIGHTS_LABEL
+from runtime.image.cloudinit import RUNTIME_UID, WEIGHTS_LABEL
 from runtime.replica.weights import MANIFEST, read_manifest, verify
 from warmstart.errors import OperationError
 from warmstart.ops.aws import client, describe
@@ -134,7 +135,10 @@ def ec2_mount(ec2: Any, volume_id: str) -> Iterator[Path]:
 def _fill(root: Path, cache_dir: Path, progress: Progress) -> None:
     model = root / "model"
     model.mkdir(parents=True, exist_ok=True)
-    (root / "cache").mkdir(exist_ok=True)
+    cache = root / "cache"
+    cache.mkdir(exist_ok=True)
+    # vLLM writes its compile cache here as the runtime image's user; this build runs as root
+    os.chown(cache, RUNTIME_UID, RUNTIME_UID)
     files = sorted(p for p in cache_dir.iterdir() if p.is_file())
     total = sum(p.stat().st_size for p in files)
     done = 0

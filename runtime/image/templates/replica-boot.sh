@@ -57,6 +57,13 @@ mkdir -p "$RUN_DIR"
 sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
   "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
 mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
+# vLLM runs as the image's unprivileged user and writes its compile cache to cache/; the volume
+# was filled by root. Hand cache/ (only: model/ stays root's, read-only to the container) to that
+# uid, walking it again only when something in it is not already theirs.
+install -d -m 0755 "$WEIGHTS_MOUNT/cache"
+if [ -n "$(find "$WEIGHTS_MOUNT/cache" ! -uid "$RUNTIME_UID" -print -quit)" ]; then
+  chown -R "$RUNTIME_UID:$RUNTIME_UID" "$WEIGHTS_MOUNT/cache"
+fi
 "$SYSTEMCTL" start warmstart-replica.service
 phase warming
 

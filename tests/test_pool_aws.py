@@ -311,6 +311,22 @@ def test_waiting_requests_are_published_and_a_wake_publishes_at_once(fleet: Flee
     assert fleet.group()["DesiredCapacity"] == 1
 
 
+def test_in_flight_falls_to_zero_once_the_gate_stops_reporting(fleet: Fleet) -> None:
+    clock = Clock()
+    pool = pool_for(fleet, clock)
+
+    def in_flight() -> float:
+        (value,) = [d["Value"] for d in pool.metric_data() if d["MetricName"] == "InFlight"]
+        return float(value)
+
+    pool.observe_in_flight(5)
+    assert in_flight() == 5.0
+    assert in_flight() == 5.0  # reported moments ago: still in flight
+    clock.t += 60  # no admission reported since, and this process holds no lease
+    assert in_flight() == 5.0  # the minute that ends started with 5 in flight ...
+    assert in_flight() == 0.0  # ... the next one is idle, so the Flex idle alarm can fire
+
+
 def test_capacity_failure_switches_to_the_variants_fallback_type(fleet: Fleet, aws_calls: Any) -> None:
     # moto never fails a launch and returns no scaling activities; the failure AWS reports is supplied
     # at the HTTP boundary, in the shape DescribeScalingActivities returns it.

@@ -162,6 +162,7 @@ class AwsPool(ReplicaPool):
         self._desired: int | None = None
         self._fetched_at: float | None = None
         self._in_flight = 0
+        self._in_flight_at = float("-inf")
         self._peak_in_flight = 0
         self._waiting = 0
         self._waiting_at = float("-inf")
@@ -294,6 +295,7 @@ class AwsPool(ReplicaPool):
     def observe_in_flight(self, in_flight: int) -> None:
         with self._lock:
             self._in_flight = max(int(in_flight), 0)
+            self._in_flight_at = self._clock()
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     def metric_data(self) -> list[dict[str, Any]]:
@@ -307,7 +309,13 @@ class AwsPool(ReplicaPool):
         alarm reads it.
         """
         with self._lock:
-            peak, self._peak_in_flight = self._peak_in_flight, self._in_flight
+            peak = self._peak_in_flight
+            if self._clock() - self._in_flight_at >= WAITING_FRESH_S:
+                # The gate reports in-flight only when it admits, so a quiet gate's last report
+                # would stand forever and the idle alarm could never fire: once no report is
+                # fresh, what is in flight is what this process still holds leases for.
+                self._in_flight = _gate_in_flight()
+            self._peak_in_flight = self._in_flight
             still_waiting = self._waiting if self._clock() - self._waiting_at < WAITING_FRESH_S else 0
             peak_waiting, self._peak_waiting = self._peak_waiting, still_waiting
         ready = len(self._snap.ready)

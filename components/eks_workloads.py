@@ -466,16 +466,8 @@ class EksWorkloads(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-vllm-from-gate",
             metadata=meta("vllm-from-gate-only"),
-            spec=NetworkPolicySpecArgs(
-                pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: VLLM}),
-                # Egress denied too: a replica serves from its disk and never reaches a model hub.
-                policy_types=["Ingress", "Egress"],
-                ingress=[NetworkPolicyIngressRuleArgs(
-                    from_=[NetworkPolicyPeerArgs(pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: GATE}))],
-                    ports=[NetworkPolicyPortArgs(port=DEFAULT_PORT, protocol="TCP")],
-                )],
-                egress=[],
-            ),
+            # Egress denied too: a replica serves from its disk and never reaches a model hub.
+            spec=_from_gate_only(VLLM, DEFAULT_PORT),
             opts=in_ns,
         )
         k8s.networking.v1.NetworkPolicy(
@@ -607,20 +599,25 @@ class EksWorkloads(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-store-from-gate",
             metadata=meta("store-from-gate-only"),
-            spec=NetworkPolicySpecArgs(
-                pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: STORE}),
-                policy_types=["Ingress", "Egress"],
-                ingress=[NetworkPolicyIngressRuleArgs(
-                    from_=[NetworkPolicyPeerArgs(pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: GATE}))],
-                    ports=[NetworkPolicyPortArgs(port=STORE_PORT, protocol="TCP")],
-                )],
-                egress=[],
-            ),
+            spec=_from_gate_only(STORE, STORE_PORT),
             opts=in_ns,
         )
         url: pulumi.Output[str] = pulumi.Output.concat(
             "redis://:", password.result, f"@{STORE}.{ns_name}.svc.cluster.local:{STORE_PORT}/0")
         return url
+
+
+def _from_gate_only(app: str, port: int) -> NetworkPolicySpecArgs:
+    """Pods of `app` accept TCP `port` from the gate's pods only, and open no connection of their own."""
+    return NetworkPolicySpecArgs(
+        pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: app}),
+        policy_types=["Ingress", "Egress"],
+        ingress=[NetworkPolicyIngressRuleArgs(
+            from_=[NetworkPolicyPeerArgs(pod_selector=LabelSelectorArgs(match_labels={APP_LABEL: GATE}))],
+            ports=[NetworkPolicyPortArgs(port=port, protocol="TCP")],
+        )],
+        egress=[],
+    )
 
 
 def _secret(value: pulumi.Output[str]) -> pulumi.Output[str]:

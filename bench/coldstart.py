@@ -130,17 +130,13 @@ def naive(cmd: EngineCommand, url: str, served: str, work: Path, keep: bool = Fa
     return s, proc
 
 
-def _flag(cmd: EngineCommand, name: str) -> str:
-    return cmd.argv[cmd.argv.index(name) + 1]
-
-
 def standby(cmd: EngineCommand, url: str, served: str, work: Path, prewarm: bool = True) -> Start:
     s = Start("standby" if prewarm else "standby-noprewarm")
     ready = work / f"standby-{time.monotonic_ns()}.ready"
     t_spawn = time.monotonic()
     argv = [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready)]
     if prewarm:
-        argv += ["--prewarm", _flag(cmd, "--model")]  # what the local pool does
+        argv += ["--prewarm-argv", json.dumps(list(cmd.argv))]  # what the local pool does
     proc = _spawn(argv, cmd.env, subprocess.PIPE)
     threading.Thread(target=_pump, args=(proc, s, work / f"standby-{proc.pid}.log"), daemon=True).start()
     try:

@@ -542,12 +542,14 @@ class LocalPool(ReplicaPool):
             name = f"standby-{uuid.uuid4().hex[:8]}"
             log_path = self.logs / f"{name}.log"
             ready_file = self.logs / f"{name}.ready"
-            env = build_command(self.variant, model_dir=self.weights_dir, host=HOST, port=0,
-                                cache_dir=self.compile_cache).env
+            # The command a wake will carry, but for its port: the standby warms up its tokenizer,
+            # chat template and files under exactly these flags.
+            expected = build_command(self.variant, model_dir=self.weights_dir, host=HOST, port=0,
+                                     cache_dir=self.compile_cache)
             proc = self._popen(
                 [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready_file),
-                 "--prewarm", str(self.weights_dir)],
-                env, log_path, stdin=subprocess.PIPE, kind="standby",
+                 "--prewarm-argv", json.dumps(list(expected.argv))],
+                expected.env, log_path, stdin=subprocess.PIPE, kind="standby",
             )
             self._standby = _Standby(proc=proc, log_path=log_path, ready_file=ready_file)
 

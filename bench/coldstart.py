@@ -260,7 +260,13 @@ def main(argv: list[str] | None = None) -> None:
         label = "**wake → first token**" if k == "total" else k
         n, s = results["naive"][k], results["standby"][k]
         print(f"| {label} | {n:.2f} s | {s:.2f} s |")
-    print(f"\nstandby's own start (paid ahead of the wake): {results['standby_import_s']:.1f} s")
+    spread = {k: [st.phases()["total"] for st in runs] for k, runs in (("naive", naive_runs), ("standby", standby_runs))}
+    results["totals"] = spread
+    print(f"| wake → first token, each run | {' / '.join(f'{t:.2f}' for t in spread['naive'])} s "
+          f"| {' / '.join(f'{t:.2f}' for t in spread['standby'])} s |")
+    ratio = results["naive"]["total"] / results["standby"]["total"]
+    print(f"\nstandby is {ratio:.1f}x faster than a cold start (median over median, same run)")
+    print(f"standby's own start (paid ahead of the wake): {results['standby_import_s']:.1f} s")
     if "tokens_per_s" in results:
         tp = results["tokens_per_s"]
         print("\n| streams | direct vLLM | through the gate |")

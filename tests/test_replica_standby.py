@@ -101,3 +101,21 @@ def test_prewarm_argv_must_be_a_json_list(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "--prewarm-argv: expected a JSON list of strings" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_prewarm_still_leaves_a_ready_standby(tmp_path: Path) -> None:
+    """Prewarm is a head start: weights that are missing (being re-hydrated, say) when the standby
+    starts must not kill it; the wake will read them, and fail loudly itself if they are still gone."""
+    variant = load_variant("smollm2-135m-cpu")
+    argv = build_command(variant, model_dir=tmp_path / "not-there", host="127.0.0.1").argv
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready),
+         "--prewarm-argv", json.dumps(list(argv))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ, **build_command(variant, model_dir=tmp_path, host="127.0.0.1").env},
+    )
+    out, _ = proc.communicate("", timeout=600)  # EOF on stdin once ready: the pool no longer needs it
+    assert proc.returncode == 0, out[-3000:]
+    assert ready.read_text().startswith("ready ")
+    assert "prewarm skipped" in out and "not-there" in out

@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     if keep_fork_env:
         keep_fork()
     if opts.prewarm_argv is not None:
-        prewarm(server_flags(opts.prewarm_argv))
+        try:
+            prewarm(server_flags(opts.prewarm_argv))
+        except Exception as e:  # a head start only: the wake does this work itself and reports real errors
+            print(f"warmstart standby: prewarm skipped ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
     freeze_heap()
     opts.ready_file.write_text(f"ready {time.monotonic() - t0:.2f}\n")
 

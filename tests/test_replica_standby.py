@@ -103,11 +103,12 @@ def test_prewarm_argv_must_be_a_json_list(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_a_failed_prewarm_still_leaves_a_ready_standby(tmp_path: Path) -> None:
-    """Prewarm is a head start: weights that are missing (being re-hydrated, say) when the standby
-    starts must not kill it; the wake will read them, and fail loudly itself if they are still gone."""
+@pytest.mark.parametrize(("extra", "says"), [((), "not-there"), (("--no-such-flag",), "SystemExit")])
+def test_a_failed_prewarm_still_leaves_a_ready_standby(tmp_path: Path, extra: tuple[str, ...], says: str) -> None:
+    """Prewarm is a head start: weights that are missing (being re-hydrated, say) or a flag this vLLM
+    refuses must not kill the standby; the wake does the work itself and fails loudly if it must."""
     variant = load_variant("smollm2-135m-cpu")
-    argv = build_command(variant, model_dir=tmp_path / "not-there", host="127.0.0.1").argv
+    argv = [*build_command(variant, model_dir=tmp_path / "not-there", host="127.0.0.1").argv, *extra]
     ready = tmp_path / "ready"
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.replica.standby", "--ready-file", str(ready),
@@ -118,4 +119,4 @@ def test_a_failed_prewarm_still_leaves_a_ready_standby(tmp_path: Path) -> None:
     out, _ = proc.communicate("", timeout=600)  # EOF on stdin once ready: the pool no longer needs it
     assert proc.returncode == 0, out[-3000:]
     assert ready.read_text().startswith("ready ")
-    assert "prewarm skipped" in out and "not-there" in out
+    assert "prewarm skipped" in out and says in out

@@ -125,9 +125,9 @@ def prewarm(flags: list[str]) -> None:
 
     `flags` are the vLLM flags the wake is expected to carry (the pool knows its variant; only the
     port differs). vLLM memoizes what this builds, keyed by the model's path and tokenizer
-    arguments, so the wake's own calls hit: the tokenizer (`cached_get_tokenizer`, plus the
-    deep-copied pool that makes it thread-safe), the chat template and processor lookup
-    (`cached_get_processor`), transformers' lazily imported config/tokenizer modules. A wake with
+    arguments, so the wake's own calls hit: the tokenizer (`cached_get_tokenizer`), the chat
+    template and processor lookup (`cached_get_processor`), transformers' lazily imported
+    config/tokenizer modules, the model-class inspection. A wake with
     different flags simply misses these caches and pays for them itself. The weight files are read
     into the page cache, as the AWS warm pool pre-reads its volume. No model is loaded.
     """
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if opts.prewarm_argv is not None:
         try:
             prewarm(server_flags(opts.prewarm_argv))
-        except Exception as e:  # a head start only: the wake does this work itself and reports real errors
+        except (Exception, SystemExit) as e:  # a head start only (SystemExit: argparse refused a flag):
+            # the wake does this work itself and reports real errors
             print(f"warmstart standby: prewarm skipped ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
     freeze_heap()
     opts.ready_file.write_text(f"ready {time.monotonic() - t0:.2f}\n")

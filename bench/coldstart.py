@@ -86,6 +86,8 @@ def _pump(proc: subprocess.Popen[bytes], start: Start, log: Path) -> None:
             now = time.monotonic()
             f.write(raw)
             line = raw.decode(errors="replace")
+            if not start.t0:
+                continue  # a standby's own start (its prewarm logs config lines too): not the wake
             for name, marker in MARKERS:
                 if marker in line and name not in start.marks:
                     start.marks[name] = now

@@ -47,20 +47,8 @@ def counted(cls, *args, **kwargs):
 
 PreTrainedTokenizerBase.from_pretrained = classmethod(counted)
 
-from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.renderers.registry import renderer_from_config
-from vllm.usage.usage_lib import UsageContext
-
 def wake_renderer(argv):
-    # What the API server does with the tokenizer before it can serve a chat request.
-    args = standby.parse_flags(standby.server_flags(argv))
-    config = AsyncEngineArgs.from_cli_args(args).create_engine_config(
-        usage_context=UsageContext.OPENAI_API_SERVER)
-    renderer = renderer_from_config(config)
-    try:
-        renderer.warmup(standby._chat_params(args))
-    finally:
-        renderer.shutdown()
+    standby.warm_renderer(standby.parse_flags(standby.server_flags(argv)))
 
 wake_renderer(same)
 n_same = len(loads)

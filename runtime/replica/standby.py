@@ -17,8 +17,8 @@ What is left of a wake is made cheap three ways:
   (nothing to inherit in a broken state), no thread but the main one is running, and the CPU
   backend sets each worker's OpenMP thread binding after the fork.
 - The model's non-weight work ahead (`prewarm`): given the argv the wake will carry, the
-  tokenizer, its thread-safe copies' source, the chat template and the files are loaded into
-  vLLM's own memoized caches, which the wake's identical calls then hit.
+  tokenizer and the chat template are loaded into vLLM's own memoized caches, which the wake's
+  identical calls then hit, and the files into the page cache.
 - A frozen heap (`freeze_heap`): vLLM runs five full garbage collections across its three
   processes while it starts; with everything imported moved to the permanent generation they
   only walk what the wake itself allocated.
@@ -131,17 +131,8 @@ def prewarm(flags: list[str]) -> None:
     different flags simply misses these caches and pays for them itself. The weight files are read
     into the page cache, as the AWS warm pool pre-reads its volume. No model is loaded.
     """
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.renderers.registry import renderer_from_config
-    from vllm.usage.usage_lib import UsageContext
-
     args = parse_flags(flags)
-    config = AsyncEngineArgs.from_cli_args(args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-    renderer = renderer_from_config(config)
-    try:
-        renderer.warmup(_chat_params(args))
-    finally:
-        renderer.shutdown()  # its thread pools: nothing but the main thread may run when vLLM forks
+    warm_renderer(args)
     model_dir = Path(args.model)
     if model_dir.is_dir():
         for f in sorted(model_dir.iterdir()):
@@ -149,6 +140,21 @@ def prewarm(flags: list[str]) -> None:
                 with f.open("rb") as fh:
                     while fh.read(16 * 1024 * 1024):
                         pass
+
+
+def warm_renderer(args: argparse.Namespace) -> None:
+    """What the API server does with the tokenizer before it can serve a chat request: build the
+    engine config and the renderer (tokenizer) and warm up its chat template, as vLLM does."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.renderers.registry import renderer_from_config
+    from vllm.usage.usage_lib import UsageContext
+
+    config = AsyncEngineArgs.from_cli_args(args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    renderer = renderer_from_config(config)
+    try:
+        renderer.warmup(_chat_params(args))
+    finally:
+        renderer.shutdown()  # its thread pools: nothing but the main thread may run when vLLM forks
 
 
 def _chat_params(args: argparse.Namespace) -> Any:

@@ -1,6 +1,6 @@
 """Cold start of a local replica, naive vs Instant Start, and streaming throughput direct vs the gate.
 
-    .venv/bin/python -m bench.coldstart --runs 3            # the README's table
+    .venv/bin/python -m bench.coldstart --runs 3            # the table in docs/benchmarks.md
     .venv/bin/python -m bench.coldstart --runs 1 --no-throughput
 
 Wake to first token, split into phases from the replica's own log lines (timestamped as they are

@@ -16,7 +16,7 @@ Cluster Autoscaler rather than Karpenter: the GPU nodes come from a launch templ
 the EC2 substrate's (same weights volume, same IMDSv2/encryption rules the policies check), a
 managed node group at min 0 is the whole scale-to-zero story, and the autoscaler needs no CRDs,
 SQS queue or EC2NodeClass. Karpenter would launch faster and try fallback instance types in one
-pool; see the README's `eks` section.
+pool; see docs/eks.md.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from warmstart.spec import EndpointConfig, Variant, _check_name, load_variant, p
 STACK_DIR = Path(__file__).resolve().parent
 SUBSTRATES = ("ec2", "eks")
 
-# Stack-level keys, documented once: README's config reference is generated from this.
+# Stack-level keys, documented once: docs/configuration.md is generated from this.
 STACK_KEYS: dict[str, str] = {
     "aws:region": "AWS region of every resource (required)",
     "warmstart:environment": "environment name (dev, staging, prod, ...); part of every physical resource name (required)",

@@ -164,12 +164,12 @@ def test_leaving_replicas_drain_through_a_termination_hook(env: str, request_tim
     assert tag["Condition"]["StringEquals"] == {"aws:ResourceTag/endpoint": "chat", "aws:ResourceTag/environment": env}
 
 
-def test_readme_operations_describe_the_drain_and_idle_rule_the_code_has() -> None:
+def test_operations_doc_describes_the_drain_and_idle_rule_the_code_has() -> None:
     from pathlib import Path
 
     from warmstart import metrics
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     ops = " ".join(text.split("<!-- section:operations -->")[1].split("<!-- /section:operations -->")[0].split())
     assert f"(`{TERMINATE_HOOK}`, heartbeat = `request_timeout_s` + {DRAIN_MARGIN_S} s)" in ops
     assert all(name in ops for name in metrics.PUBLISHED)  # every metric the gates publish

@@ -198,11 +198,11 @@ def test_preview_prod_json_in_a_fresh_process() -> None:
     assert len(json.loads(p.stdout)["resources"]) > 50
 
 
-# --- README ---------------------------------------------------------------------------------------
+# --- docs -----------------------------------------------------------------------------------------
 
 
-def test_readme_config_section_is_generated_from_the_spec() -> None:
-    text = (ROOT / "README.md").read_text()
+def test_config_doc_is_generated_from_the_spec() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
     assert docs.readme_section(text) == docs.config_reference(), "run: python -m warmstart.docs --write"
 
 

@@ -1,9 +1,9 @@
-"""README's configuration reference, generated from the spec (never hand-copied).
+"""The configuration reference (docs/configuration.md), generated from the spec (never hand-copied).
 
     python -m warmstart.docs           # print the reference
-    python -m warmstart.docs --write   # replace README.md's `config` section with it
+    python -m warmstart.docs --write   # replace docs/configuration.md's `config` section with it
 
-tests/test_stacks.py fails when README's section and this output differ.
+tests/test_stacks.py fails when that section and this output differ.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from warmstart.spec import (
     Variant,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 SECTION = "config"
 
 
@@ -73,18 +73,18 @@ def config_reference() -> str:
     from stacks.config import STACK_KEYS
 
     out = [
-        "## Configuration reference",
+        "# Configuration reference",
         "",
         "Generated from `warmstart/spec.py` and `stacks/config.py` by `python -m warmstart.docs --write`;",
         "a test fails when this section and the code disagree.",
         "",
-        "### Stack keys (`stacks/Pulumi.<env>.yaml`, under `config:`)",
+        "## Stack keys (`stacks/Pulumi.<env>.yaml`, under `config:`)",
         "",
         "| key | meaning |",
         "|---|---|",
         *[f"| `{k}` | {v} |" for k, v in STACK_KEYS.items()],
         "",
-        "### Endpoint keys (each entry of `warmstart:endpoints`)",
+        "## Endpoint keys (each entry of `warmstart:endpoints`)",
         "",
         *_table(EndpointConfig),
         "",
@@ -96,7 +96,7 @@ def config_reference() -> str:
         "",
         *_table(PlanLimits, "plan_limits."),
         "",
-        "### Variant keys (`variants/<name>.yaml`)",
+        "## Variant keys (`variants/<name>.yaml`)",
         "",
         *_table(Variant),
         "",
@@ -116,23 +116,23 @@ def _pattern(name: str) -> re.Pattern[str]:
 def readme_section(text: str, name: str = SECTION) -> str:
     m = _pattern(name).search(text)
     if m is None:
-        raise ValueError(f"README has no <!-- section:{name} --> ... <!-- /section:{name} --> markers")
+        raise ValueError(f"{DOC.name} has no <!-- section:{name} --> ... <!-- /section:{name} --> markers")
     return m.group(2)
 
 
 def replace_section(text: str, body: str, name: str = SECTION) -> str:
     if not _pattern(name).search(text):
-        raise ValueError(f"README has no <!-- section:{name} --> markers")
+        raise ValueError(f"{DOC.name} has no <!-- section:{name} --> markers")
     return _pattern(name).sub(lambda m: m.group(1) + body + m.group(3), text, count=1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help="update README.md's config section in place")
+    parser.add_argument("--write", action="store_true", help="update docs/configuration.md's config section in place")
     args = parser.parse_args(argv)
     body = config_reference()
     if args.write:
-        README.write_text(replace_section(README.read_text(), body))
+        DOC.write_text(replace_section(DOC.read_text(), body))
     else:
         print(body, end="")
 

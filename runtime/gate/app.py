@@ -214,7 +214,7 @@ class Gate:
         metrics.set_replicas(len(snap.ready), snap.starting)
 
     def key_budget(self, limits: KeyLimits) -> RateHeaders | None:
-        """The key's x-ratelimit-* values without spending anything (README `gate`: its rate, else its
+        """The key's x-ratelimit-* values without spending anything (docs/gate.md: its rate, else its
         daily cap, else the plan's concurrency budget); None if the store cannot be read."""
         try:
             now, usage = self.store.usage(limits)

@@ -1,5 +1,5 @@
 """The playground against real vLLM on the CPU (SmolLM2-135M-Instruct) behind the real gate: a new
-user's first look. The screenshot saved here is the one the README shows (docs/playground.png)."""
+user's first look. The screenshot saved here is the one the README and docs/local.md show (docs/playground.png)."""
 
 from __future__ import annotations
 

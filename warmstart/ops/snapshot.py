@@ -111,7 +111,7 @@ def ec2_mount(ec2: Any, volume_id: str) -> Iterator[Path]:
     if ident is None:
         raise OperationError(
             "filling a weights volume needs a builder EC2 instance in the target region (root, xfsprogs); "
-            "run `warmstart weights build --variant V --snapshot` there (README: operations)"
+            "run `warmstart weights build --variant V --snapshot` there (docs/operations.md)"
         )
     instance_id, _ = ident
     ec2.attach_volume(Device="/dev/sdw", InstanceId=instance_id, VolumeId=volume_id)
@@ -199,7 +199,7 @@ def build_snapshot(
         if ident is None:
             raise OperationError(
                 "filling a weights volume needs a builder EC2 instance in the target region (root, xfsprogs); "
-                "run `warmstart weights build --variant V --snapshot` there (README: operations)"
+                "run `warmstart weights build --variant V --snapshot` there (docs/operations.md)"
             )
         availability_zone = availability_zone or ident[1]
     try:

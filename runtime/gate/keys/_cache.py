@@ -1,7 +1,7 @@
 """CachedKeyStore: a small TTL cache in front of a KeyStore, so the gate does not read DynamoDB
 (or sqlite) on every request.
 
-The bound, which the README states: a change to a key (revoke, rotation's shortened expiry) made
+The bound, which docs/gate.md states: a change to a key (revoke, rotation's shortened expiry) made
 at time T is seen by every gate process no later than T + ``ttl_s``. An entry's age is counted
 from *before* its store read began, and stores read consistently, so no entry can carry a value
 older than ``ttl_s``. Expiry needs no cache bound: ``expires_at`` travels in the record and the

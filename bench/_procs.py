@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warmstart.testing.net import free_port, wait_for_port
+from tests.support.net import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -121,7 +121,7 @@ def _env_py() -> dict[str, str]:
 def start_upstream(workdir: Path, tokens: int, interval_ms: float, first_token_ms: float) -> Server:
     port = free_port()
     proc, log = _spawn("upstream", [
-        sys.executable, "-m", "warmstart.testing.upstream", "--port", str(port), "--tokens", str(tokens),
+        sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--tokens", str(tokens),
         "--interval-ms", str(interval_ms), "--first-token-ms", str(first_token_ms)], workdir, _env_py())
     server = Server("upstream", proc, f"http://127.0.0.1:{port}", log)
     wait_http(server, "/healthz", 30)

@@ -40,9 +40,9 @@ from typing import Any
 from runtime.pool.local import kill_group
 from runtime.replica import readiness
 from runtime.replica.launcher import EngineCommand, build_command
+from tests.support.net import free_port
+from tests.support.vllm_server import local_model_dir
 from warmstart.spec import load_variant
-from warmstart.testing.net import free_port
-from warmstart.testing.vllm_server import local_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = (
@@ -189,7 +189,7 @@ def throughput(base_url: str, key: str | None, served: str, streams: int, max_to
 
 
 def run_throughput(vllm_url: str, served: str, work: Path, max_tokens: int) -> dict[str, float]:
-    from warmstart.testing.gate_server import GateServer, gate_config
+    from tests.support.gate_server import GateServer, gate_config
 
     keys = f"sqlite:{work / 'keys.db'}"
     cfg = gate_config([vllm_url], keys, served_name=served, hold_timeout_s=60)

@@ -4,7 +4,7 @@
     python -m bench.gate --quick      # about 2 minutes, shorter windows, one round
     make bench                        # the same as the first line, after `make bench-setup`
 
-One run, one machine, one deterministic upstream (warmstart.testing.upstream: 16 tokens, 25 ms
+One run, one machine, one deterministic upstream (tests.support.upstream: 16 tokens, 25 ms
 apart, first after 25 ms, i.e. a 40 tok/s stream), four paths to it:
 
     direct        the upstream itself: the baseline every other row is compared with

@@ -1,13 +1,13 @@
-# Shared fixtures live in warmstart.testing (the library ships its own test helpers); each test
+# Shared fixtures live in tests.support (the library ships its own test helpers); each test
 # area registers its plugin module here.
 pytest_plugins = [
-    "warmstart.testing.redis_server",
-    "warmstart.testing.playground",
-    "warmstart.testing.moto_server",
-    "warmstart.testing.pulumi_harness",
-    "warmstart.testing.fleet",
-    "warmstart.testing.kube_api",
-    "warmstart.testing.upstream",
-    "warmstart.testing.gate_server",
-    "warmstart.testing.vllm_server",
+    "tests.support.redis_server",
+    "tests.support.playground",
+    "tests.support.moto_server",
+    "tests.support.pulumi_harness",
+    "tests.support.fleet",
+    "tests.support.kube_api",
+    "tests.support.upstream",
+    "tests.support.gate_server",
+    "tests.support.vllm_server",
 ]

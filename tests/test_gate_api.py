@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from runtime.gate.keys import open_key_store
-from warmstart.testing.gate_server import GateServer, gate_config
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.gate_server import GateServer, gate_config
+from tests.support.upstream import UpstreamProcess
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -217,7 +217,7 @@ def test_stopped_endpoint_is_503_with_retry_after(tmp_path: Path, upstream_serve
 
 
 def test_upstream_failures_are_502_504_and_stream_errors(tmp_path: Path, upstream_server: UpstreamProcess) -> None:
-    from warmstart.testing.net import free_port
+    from tests.support.net import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     g = GateServer(tmp_path, gate_config([dead], f"sqlite:{tmp_path / 'k.db'}"))

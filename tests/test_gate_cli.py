@@ -12,9 +12,9 @@ from pathlib import Path
 
 import openai
 
-from warmstart.testing.keys import mint_key
-from warmstart.testing.net import free_port
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.keys import mint_key
+from tests.support.net import free_port
+from tests.support.upstream import UpstreamProcess
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

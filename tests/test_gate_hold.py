@@ -25,8 +25,8 @@ from runtime.gate.config import GateConfig
 from runtime.gate.keys import CachedKeyStore, open_key_store
 from runtime.gate.store import AdmissionStore, MemoryStore, open_store
 from runtime.pool.base import PoolSnapshot, Replica, ReplicaPool
-from warmstart.testing.net import free_port
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.net import free_port
+from tests.support.upstream import UpstreamProcess
 
 MSGS = [{"role": "user", "content": "hi"}]
 

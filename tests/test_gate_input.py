@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from warmstart.testing.gate_server import GateServer, gate_config
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.gate_server import GateServer, gate_config
+from tests.support.upstream import UpstreamProcess
 
 MAX_BODY = 4096
 MSGS = [{"role": "user", "content": "hi"}]

@@ -20,8 +20,8 @@ import psutil
 import pytest
 import redis
 
-from warmstart.testing.gate_server import GateServer, gate_config
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.gate_server import GateServer, gate_config
+from tests.support.upstream import UpstreamProcess
 
 pytestmark = pytest.mark.slow
 ENDLESS = {"tokens": 5000, "interval_ms": 20}  # 100 s: outlives every test here

@@ -20,8 +20,8 @@ from runtime.gate.keys import KeyStoreUnavailable, open_key_store
 from runtime.gate.store import MemoryStore
 from runtime.pool.base import PoolSnapshot
 from runtime.pool.static import StaticPool
-from warmstart.testing.gate_server import GateServer, gate_config
-from warmstart.testing.upstream import UpstreamProcess
+from tests.support.gate_server import GateServer, gate_config
+from tests.support.upstream import UpstreamProcess
 
 MSGS = [{"role": "user", "content": "hi"}]
 

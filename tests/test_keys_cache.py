@@ -260,7 +260,7 @@ def test_greenlets_share_reads_without_deadlock(aws_env: str, tmp_path: Path) ->
     import subprocess
     import sys
 
-    from warmstart.testing.keys import create_keys_table
+    from tests.support.keys import create_keys_table
 
     create_keys_table("ws-test-gevent-keys")
     script = tmp_path / "greenlets.py"

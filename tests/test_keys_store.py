@@ -27,8 +27,8 @@ from runtime.gate.keys import (
     open_key_store,
 )
 from runtime.gate.keys._dynamodb import record_to_item
+from tests.support.keys import create_keys_table, mint_key
 from warmstart.errors import ConfigError, OperationError
-from warmstart.testing.keys import create_keys_table, mint_key
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -518,7 +518,7 @@ def test_sqlite_store_survives_fork(tmp_path: Path) -> None:
 def test_unreachable_dynamodb_is_unavailable_not_unknown(
     aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from warmstart.testing.net import free_port
+    from tests.support.net import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

@@ -11,8 +11,8 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from tests.support.playground import UPSTREAM_TOKENS, PlaygroundGate
 from warmstart.monitoring.cli import metrics
-from warmstart.testing.playground import UPSTREAM_TOKENS, PlaygroundGate
 
 
 class _Audit(HTMLParser):

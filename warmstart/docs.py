@@ -3,7 +3,7 @@
     python -m warmstart.docs           # print the reference
     python -m warmstart.docs --write   # replace docs/configuration.md's `config` section with it
 
-tests/test_stacks.py fails when that section and this output differ.
+tests/stacks/test_program.py fails when that section and this output differ.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
-from warmstart.testing.playground import UPSTREAM_TOKENS, PlaygroundGate
+from tests.support.playground import UPSTREAM_TOKENS, PlaygroundGate
 
 EXPECTED_TEXT = "".join(f"tok{i} " for i in range(UPSTREAM_TOKENS))
 

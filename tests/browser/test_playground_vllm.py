@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.support.gate_server import GateFactory
+from tests.support.vllm_server import VllmServer
 from warmstart.monitoring.cli import metrics
-from warmstart.testing.gate_server import GateFactory
-from warmstart.testing.vllm_server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 def test_a_real_model_answers_in_the_playground(
     chromium: Any, vllm_server: VllmServer, gate_factory: GateFactory, artifacts_dir: Path
 ) -> None:
-    # The session's shared vLLM server (warmstart.testing.vllm_server) behind the real gate.
+    # The session's shared vLLM server (tests.support.vllm_server) behind the real gate.
     gate = gate_factory(upstreams=[vllm_server.url], served_name=vllm_server.served_name, hold_timeout_s=120)
     key = gate.mint(kind="playground", daily_cap=100)
     chromium.get("about:blank")

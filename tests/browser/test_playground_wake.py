@@ -27,9 +27,9 @@ from runtime.gate.config import GateConfig
 from runtime.gate.keys import CachedKeyStore, open_key_store
 from runtime.gate.store import MemoryStore
 from runtime.pool.base import PoolSnapshot, Replica, ReplicaPool
+from tests.support.net import free_port
+from tests.support.upstream import UpstreamProcess
 from warmstart.monitoring.cli import metrics
-from warmstart.testing.net import free_port
-from warmstart.testing.upstream import UpstreamProcess
 
 BOOT_S = 3.0
 

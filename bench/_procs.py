@@ -172,6 +172,53 @@ def start_gate(name: str, workdir: Path, upstream: Server, store: str, keys_db: 
     return server
 
 
+# -- nginx: the floor for relaying --------------------------------------------------------------
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    upstream vllm {{ server {upstream}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ return 200 "ok"; }}
+        location / {{
+            proxy_pass http://vllm;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(workdir: Path, upstream: Server) -> Server:
+    """nginx as a plain streaming reverse proxy (`proxy_buffering off`, one worker, keep-alive to the
+    upstream): no auth, no quota, no lease — the least any relay can cost, so the gate's rows have a floor."""
+    binary = shutil.which("nginx")
+    if binary is None:
+        raise RuntimeError("nginx is not installed; run `apt-get install -y nginx-light`, or leave nginx out of --targets")
+    port = free_port()
+    home = workdir / "nginx"
+    home.mkdir(exist_ok=True)
+    conf = home / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workdir=home, upstream=upstream.url.removeprefix("http://"), port=port))
+    proc, log = _spawn("nginx", [binary, "-c", str(conf), "-p", str(home), "-g", "daemon off;"], workdir)
+    server = Server("nginx", proc, f"http://127.0.0.1:{port}", log)
+    wait_http(server, "/healthz", 30)
+    return server
+
+
 # -- LiteLLM ------------------------------------------------------------------------------------
 
 LITELLM_CONFIG = ROOT / "bench" / "litellm_config.yaml"  # loads bench/litellm_auth.py beside it

@@ -14,6 +14,7 @@ from typing import Any
 
 DIRECT = "direct"
 LITELLM = "litellm"
+NGINX = "nginx"
 
 
 def pct(values: Sequence[float], q: int) -> float:
@@ -68,6 +69,7 @@ class Row:
     upstream_cpu_ms_per_request: float | None = None
     litellm_over_gate_p50: float | None = None  # LiteLLM's added p50 ÷ this gate's added p50
     litellm_over_gate_p99: float | None = None
+    of_nginx_events: float | None = None  # events/s per core as a share of nginx's (the floor)
 
 
 def summarize(w: Window) -> Row:
@@ -115,6 +117,10 @@ def compare(rows: list[Row]) -> list[Row]:
             continue
         r.litellm_over_gate_p50 = _ratio(peer.added_p50_ms, r.added_p50_ms)
         r.litellm_over_gate_p99 = _ratio(peer.added_p99_ms, r.added_p99_ms)
+    for r in rows:
+        floor = by.get((NGINX, r.concurrency))
+        if floor is not None and r.target != DIRECT:
+            r.of_nginx_events = _ratio(r.events_per_core_s, floor.events_per_core_s)
     return rows
 
 
@@ -127,7 +133,7 @@ def _pair(a: float | None, b: float | None, fmt: str = "{:.1f}") -> str:
 
 
 HEADER = ("| streams | path | requests | errors | p50 / p99 ms | added p50 / p99 ms | × direct p50 / p99 "
-          "| TTFT p50 ms | added TTFT p50 / p99 ms | events/s per core | CPU ms/req "
+          "| TTFT p50 ms | added TTFT p50 / p99 ms | events/s per core | ÷ nginx | CPU ms/req "
           "| LiteLLM ÷ gate added p50 / p99 |")
 
 
@@ -141,7 +147,8 @@ def table(rows: list[Row]) -> str:
             f"| {r.concurrency} | {r.target} | {r.requests} | {err} | {_pair(r.p50_ms, r.p99_ms)} "
             f"| {_pair(r.added_p50_ms, r.added_p99_ms)} | {_pair(r.x_direct_p50, r.x_direct_p99, '{:.2f}')} "
             f"| {_f(r.ttft_p50_ms)} | {_pair(r.added_ttft_p50_ms, r.added_ttft_p99_ms)} "
-            f"| {_f(r.events_per_core_s, '{:,.0f}')} | {_f(r.cpu_ms_per_request, '{:.2f}')} "
+            f"| {_f(r.events_per_core_s, '{:,.0f}')} | {_f(r.of_nginx_events, '{:.2f}')} "
+            f"| {_f(r.cpu_ms_per_request, '{:.2f}')} "
             f"| {_pair(r.litellm_over_gate_p50, r.litellm_over_gate_p99)} |")
     return "\n".join(lines)
 
@@ -151,7 +158,7 @@ def verdicts(rows: list[Row], top: int) -> list[str]:
     by = {(r.target, r.concurrency): r for r in rows}
     out = []
     for r in rows:
-        if r.target in (DIRECT, LITELLM) or r.added_p50_ms is None or r.added_p99_ms is None:
+        if r.target in (DIRECT, LITELLM, NGINX) or r.added_p50_ms is None or r.added_p99_ms is None:
             continue
         if r.concurrency == top:
             out.append(f"{r.target} @ {top} streams: added p50 {r.added_p50_ms:.1f} ms (target ≤ 2) "

@@ -5,9 +5,11 @@
     make bench                        # the same as the first line, after `make bench-setup`
 
 One run, one machine, one deterministic upstream (tests.support.upstream: 16 tokens, 25 ms
-apart, first after 25 ms, i.e. a 40 tok/s stream), four paths to it:
+apart, first after 25 ms, i.e. a 40 tok/s stream), five paths to it:
 
     direct        the upstream itself: the baseline every other row is compared with
+    nginx         nginx as a plain streaming reverse proxy (`proxy_buffering off`, one worker): the
+                  floor, what moving the bytes costs with nothing decided per request
     gate-memory   `warmstart gate --upstream U --store memory` (gunicorn, 1 gevent worker)
     gate-redis    `warmstart gate --upstream U --store redis://…` against a real redis-server
     litellm       LiteLLM's proxy (its own venv, .venv-bench) with a virtual key limited to the same
@@ -40,7 +42,7 @@ from typing import Any
 from bench import _procs, _report
 from bench._procs import Server
 
-TARGETS = ("direct", "gate-memory", "gate-redis", "litellm")
+TARGETS = ("direct", "nginx", "gate-memory", "gate-redis", "litellm")
 MODEL = "test-model"
 ENDPOINT = "bench"
 
@@ -120,6 +122,10 @@ def measure(a: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
         key = "none"
         if any(t.startswith("gate-") for t in a.targets):
             key = _procs.mint_key(keys_db, ENDPOINT)
+        if "nginx" in a.targets:
+            ng = _procs.start_nginx(workdir, upstream)
+            servers.append(ng)
+            paths["nginx"] = (ng, "none")
         if "gate-memory" in a.targets:
             g = _procs.start_gate("gate-memory", workdir, upstream, "memory", keys_db, ENDPOINT, a.budget, 1, MODEL)
             servers.append(g)

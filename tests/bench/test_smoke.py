@@ -1,6 +1,6 @@
 """The gate benchmark cannot rot: bench/gate.py runs end to end in a tiny configuration (the real
-upstream, the real `warmstart gate` under gunicorn with the memory and the redis store, the real
-load generator) and its table has the rows, counts and columns the README relies on.
+upstream, nginx as the relay floor, the real `warmstart gate` under gunicorn with the memory and
+the redis store, the real load generator) and its table has the rows, counts and columns the README relies on.
 
 No timing is asserted: only structure and counts. LiteLLM is left out (it lives in .venv-bench).
 """
@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = 3
 LEVELS = (1, 3)
-TARGETS = ("direct", "gate-memory", "gate-redis")
+TARGETS = ("direct", "nginx", "gate-memory", "gate-redis")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,9 @@ def test_proxy_rows_are_relative_to_direct_and_carry_cpu(bench_run: tuple[dict, 
             assert all(r[k] is None for k in relative), r
         else:
             assert all(r[k] is not None for k in relative), r
-            assert r["cpu_ms_per_request"] > 0  # the gate's own process tree did the relaying
+            assert r["cpu_ms_per_request"] > 0  # the proxy's own process tree did the relaying
+            # Every relay is also measured against the floor of the same run.
+            assert r["of_nginx_events"] is not None and r["of_nginx_events"] > 0, r
     stats = data["meta"]["upstream_stats"]
     # Everything measured (plus the warm-up) reached the one upstream, and nothing was left open.
     assert stats["completed"] >= sum(r["ok"] for r in data["rows"])
@@ -82,10 +84,10 @@ def test_load_generator_only_targets_loopback() -> None:
 
 
 def test_bad_flags_are_one_line() -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench.gate", "--targets", "direct,nginx"],
+    proc = subprocess.run([sys.executable, "-m", "bench.gate", "--targets", "direct,apache"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "choose from direct, gate-memory, gate-redis, litellm" in proc.stderr
+    assert "choose from direct, nginx, gate-memory, gate-redis, litellm" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -28,6 +28,8 @@ class DeploymentArgs:
     variant: Variant
     region: str
     image_uri: str
+    # The slim gate image the gate instances run (stacks/config.py derives it beside image_uri).
+    gate_image_uri: str
 
 
 class Deployment(pulumi.ComponentResource):
@@ -45,6 +47,8 @@ class Deployment(pulumi.ComponentResource):
 
         network = Network(f"{name}-net", NetworkArgs(
             tags=tags, region=args.region, existing=ep.network, nat_per_az=env == "prod",
+            # AZs are chosen where every instance type this endpoint launches is offered.
+            instance_types=(instance_type, ep.gate_instance_type),
         ), opts=child(self))
         keys = Keys(f"{name}-keys", KeysArgs(environment=env, endpoint=ep.name, plan=ep.plan, tags=tags),
                     opts=child(self))
@@ -58,8 +62,8 @@ class Deployment(pulumi.ComponentResource):
             fast_snapshot_restore=ep.fast_snapshot_restore, tags=tags,
         ), opts=child(self))
         edge = Edge(f"{name}-edge", EdgeArgs(
-            endpoint=ep, variant=v, region=args.region, image_uri=args.image_uri,
-            vpc_id=network.vpc_id, vpc_cidr=network.vpc_cidr,
+            endpoint=ep, variant=v, region=args.region, gate_image_uri=args.gate_image_uri,
+            az_count=network.az_count, vpc_id=network.vpc_id, vpc_cidr=network.vpc_cidr,
             public_subnet_ids=network.public_subnet_ids, private_subnet_ids=network.private_subnet_ids,
             keys_table_name=keys.table_name, keys_table_arn=keys.table_arn,
             log_group_arn=monitoring.gate_log_group.arn, tags=tags, boot_before=[monitoring.gate_log_group],
@@ -74,7 +78,7 @@ class Deployment(pulumi.ComponentResource):
             log_group_arn=monitoring.replica_log_group.arn, min_size=min_size, max_size=max_size,
             warm_pool_size=ep.warm_pool_size, tags=tags,
             volume_initialization_rate=ep.volume_initialization_rate, drain_timeout_s=ep.request_timeout_s,
-            boot_before=[monitoring.replica_log_group],
+            gate_role_name=edge.gate_role_name, boot_before=[monitoring.replica_log_group],
         ), opts=child(self))
         Scaling(f"{name}-scaling", ScalingArgs(
             endpoint=ep.name, asg_name=nodes.asg_name, mode=ep.mode, target_per_replica=ep.cap_for(v),

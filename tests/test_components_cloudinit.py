@@ -125,6 +125,9 @@ def _lay_out(tmp_path: Path, user_data: str) -> tuple[Path, dict[str, str], Path
     for cmd in ("docker", "aws", "systemctl", "chown"):
         shim = shims / cmd
         shim.write_text(_log_argv(cmd, log)
+                        # an AWS API refusal, for calls whose argv contains $AWS_FAILS_ON
+                        + ('if [ -n "${AWS_FAILS_ON:-}" ] && [[ " $* " == *" $AWS_FAILS_ON "* ]]; then exit 254; fi\n'
+                           if cmd == "aws" else "")
                         + ("echo ecr-password\n" if cmd == "aws" else "")
                         # like docker login --password-stdin: read the password the pipe sends
                         + ('if [[ " $* " == *" --password-stdin "* ]]; then cat > /dev/null; fi\n' if cmd == "docker" else ""))
@@ -165,6 +168,7 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     assert env_flags == {f"{k}={v}" for k, v in expected.env.items()}
     assert docker[:2] == ["docker", "run"]
     for flag in (["--gpus", "all"], ["--network", "host"], ["--entrypoint", ""],
+                 ["--user", f"{cloudinit.RUNTIME_UID}:{cloudinit.RUNTIME_UID}"],
                  ["-v", f"{cloudinit.WEIGHTS_MOUNT}:{cloudinit.WEIGHTS_MOUNT}"],
                  ["--log-opt", f"awslogs-stream=replica-{INSTANCE}"]):
         assert any(docker[i:i + 2] == flag for i in range(len(docker))), flag
@@ -184,8 +188,15 @@ def test_serving_boot_runs_exactly_the_launcher_argv(tmp_path: Path, imds: int) 
     phases = [c[-1].removeprefix("Key=warmstart:phase,Value=") for c in calls if c[:3] == ["aws", "ec2", "create-tags"]]
     assert phases == ["loading-weights", "warming", "ready"]
     assert all(c[c.index("--resources") + 1] == INSTANCE for c in calls if c[:3] == ["aws", "ec2", "create-tags"])
+    # each launch phase restarts the launch hook's heartbeat clock: after the pull, after starting vLLM
+    beats = [i for i, c in enumerate(calls) if c[:3] == ["aws", "autoscaling", "record-lifecycle-action-heartbeat"]]
+    assert len(beats) == 2
+    assert all(calls[i][calls[i].index("--lifecycle-hook-name") + 1] == "warmstart-launch" for i in beats)
+    assert beats[0] > calls.index(["docker", "pull", "--quiet", IMAGE])
+    assert beats[1] > calls.index(["systemctl", "start", "warmstart-replica.service"])
     complete = [c for c in calls if c[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]]
     assert len(complete) == 1
+    assert calls.index(complete[0]) > beats[1]
     assert complete[0][complete[0].index("--lifecycle-action-result") + 1] == "CONTINUE"
     assert complete[0][complete[0].index("--instance-id") + 1] == INSTANCE
 
@@ -204,7 +215,10 @@ def test_warm_pool_boot_runs_the_hook_instead_of_serving(tmp_path: Path, imds: i
     calls = machine.calls()
     assert ["docker", "pull", "--quiet", IMAGE] in calls  # the image is cached before the stop
     assert not any(c[1:2] == ["start"] for c in calls)  # neither the engine nor the drain watcher
-    assert not any(c[:2] == ["aws", "autoscaling"] for c in calls)
+    # the hook completes the launch action itself; the boot only restarts the hook's clock after the pull
+    (beat,) = [c for c in calls if c[:2] == ["aws", "autoscaling"]]
+    assert beat[2] == "record-lifecycle-action-heartbeat"
+    assert calls.index(beat) > calls.index(["docker", "pull", "--quiet", IMAGE])
 
 
 def test_shipped_scripts_are_embedded_under_bin_with_dashes(tmp_path: Path) -> None:
@@ -312,7 +326,7 @@ def leaving() -> Iterator[int]:
 
 
 def _drain(tmp_path: Path, port: int, states: list[str], busy: list[tuple[int, int]],
-           timeout_s: int = 600) -> tuple[list[list[str]], list[str]]:
+           timeout_s: int = 600, aws_fails_on: str = "") -> tuple[list[list[str]], list[str]]:
     """Run the shipped drain.sh as the rendered user data installs it; returns (calls, events)."""
     _Leaving.states, _Leaving.busy, _Leaving.events = list(states), list(busy), []
     ud = cloudinit.render_replica(cloudinit.ReplicaUserData(
@@ -322,7 +336,7 @@ def _drain(tmp_path: Path, port: int, states: list[str], busy: list[tuple[int, i
     unit = cloudinit.written_file(ud, "/etc/systemd/system/warmstart-drain.service")
     assert f"ExecStart={cloudinit.BIN_DIR}/drain.sh" in unit.splitlines()
     root, env, log = _lay_out(tmp_path, ud)
-    env = {**env, "WARMSTART_IMDS": f"http://{IP}:{port}", "DRAIN_POLL_S": "0.05"}
+    env = {**env, "WARMSTART_IMDS": f"http://{IP}:{port}", "DRAIN_POLL_S": "0.05", "AWS_FAILS_ON": aws_fails_on}
     proc = subprocess.run([str(root / cloudinit.BIN_DIR.lstrip("/") / "drain.sh")], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -346,9 +360,23 @@ def test_drain_waits_for_running_requests_then_continues(tmp_path: Path, leaving
     assert stop == ["systemctl", "stop", "warmstart-replica.service"]
     assert complete[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]
     args = dict(zip(complete[3::2], complete[4::2], strict=True))
+    # back to the warm pool, the instance waits in Warmed:Pending:Wait, which the LAUNCH hook pauses
+    hook = "warmstart-launch" if leaving_to.startswith("Warmed:") else "warmstart-terminate"
     assert args == {"--region": "us-east-1", "--auto-scaling-group-name": "ws-prod-chat-replicas",
-                    "--lifecycle-hook-name": "warmstart-terminate", "--instance-id": INSTANCE,
+                    "--lifecycle-hook-name": hook, "--instance-id": INSTANCE,
                     "--lifecycle-action-result": "CONTINUE"}
+
+
+def test_drain_back_to_the_warm_pool_falls_back_to_the_termination_hook(tmp_path: Path, leaving: int) -> None:
+    """AWS (warm pool lifecycle): "When you add a launch lifecycle hook, Amazon EC2 Auto Scaling pauses
+    an instance that transitions to the Warmed:Pending:Wait state". drain.sh completes that hook first;
+    where AWS holds the instance on the termination hook instead (CompleteLifecycleAction answers
+    "No active Lifecycle Action found" for the launch hook), it completes that one."""
+    calls, _ = _drain(tmp_path, leaving, ["Warmed:Stopped"], [(0, 0)],
+                      aws_fails_on="--lifecycle-hook-name warmstart-launch")
+    completes = [c[c.index("--lifecycle-hook-name") + 1] for c in calls
+                 if c[:3] == ["aws", "autoscaling", "complete-lifecycle-action"]]
+    assert completes == ["warmstart-launch", "warmstart-terminate"]
 
 
 def test_drain_is_bounded_by_the_request_timeout(tmp_path: Path, leaving: int) -> None:

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from runtime.image import cloudinit
-from stacks.config import parse_stack_config, read_stack_file
+from stacks.config import gate_image_beside, parse_stack_config, read_stack_file
 from stacks.preview import Graph
 from warmstart import docs
 from warmstart.cli import cli
@@ -67,11 +67,44 @@ def test_two_endpoints_in_one_stack() -> None:
 
 
 def test_endpoint_image_overrides_the_stack_image() -> None:
-    values = with_endpoint("dev", image_uri="111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2")
+    values = with_endpoint("dev", image_uri="111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-runtime:2")
     values.pop("warmstart:imageUri")
     g = render_values(values)
     ud = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "replicas-lt").inputs["userData"])
-    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2" in ud
+    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-runtime:2" in ud
+    gate = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "gate-lt").inputs["userData"])
+    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-gate:2" in gate
+
+
+@pytest.mark.parametrize(("runtime", "gate"), [
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-runtime:0.1.0",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-gate:0.1.0"),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/warmstart-runtime:abc",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/warmstart-gate:abc"),
+    ("warmstart-runtime", "warmstart-gate"),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-runtime@sha256:" + "a" * 64, None),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:0.1.0", None),
+])
+def test_gate_image_sits_beside_the_runtime_image(runtime: str, gate: str | None) -> None:
+    """The slim gate image is pushed as repository warmstart-gate beside warmstart-runtime, same tag;
+    a digest names one image only, so nothing is derived from it."""
+    assert gate_image_beside(runtime) == gate
+
+
+def test_gate_image_is_set_or_derivable() -> None:
+    values = with_endpoint("dev")
+    values["warmstart:imageUri"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:1"
+    with pytest.raises(ConfigError, match=r"warmstart:gateImageUri is not set and endpoint chat's runtime image "
+                                          r"'123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:1' is not in a "
+                                          r"repository named warmstart-runtime"):
+        parse_stack_config(values, source="s")
+    values["warmstart:gateImageUri"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com/gate:1"
+    g = render_values(values)
+    gate = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "gate-lt").inputs["userData"])
+    assert "IMAGE_URI=123456789012.dkr.ecr.us-east-1.amazonaws.com/gate:1" in gate
+    doc = json.loads(g.one("aws:iam/rolePolicy:RolePolicy", "gate-policy").inputs["policy"])
+    pull = next(s for s in doc["Statement"] if s["Sid"] == "EcrPull")
+    assert pull["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/gate"]  # the gate image only
 
 
 # --- config errors: one line naming the value and the fix ---------------------------------------

@@ -7,11 +7,13 @@ it. Physical names come from warmstart.naming so day-two commands find them with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_aws as aws
 
-from components.base import child, standard_tags
+from components.base import child, invoke, standard_tags
 from components.edge import Edge, EdgeArgs
 from components.keys import Keys, KeysArgs
 from components.monitoring import Monitoring, MonitoringArgs
@@ -30,6 +32,8 @@ class DeploymentArgs:
     image_uri: str
     # The slim gate image the gate instances run (stacks/config.py derives it beside image_uri).
     gate_image_uri: str
+    # Customer-managed KMS keys that encrypt the instances' volumes (warmstart:ebsKmsKeyArns).
+    ebs_kms_key_arns: Sequence[str] = ()
 
 
 class Deployment(pulumi.ComponentResource):
@@ -85,6 +89,8 @@ class Deployment(pulumi.ComponentResource):
             idle_timeout_s=ep.idle_timeout_s, stopped=ep.stopped, tags=tags,
         ), opts=child(self))
 
+        grant_volume_keys(self, name, args.ebs_kms_key_arns, after=[edge, nodes])
+
         self.endpoint_url = edge.url
         self.api_key = keys.api_key
         self.dashboard_url = monitoring.dashboard_url
@@ -93,3 +99,23 @@ class Deployment(pulumi.ComponentResource):
             "endpoint_url": self.endpoint_url, "api_key": self.api_key,
             "dashboard_url": self.dashboard_url, "variant": self.variant,
         })
+
+
+# What Auto Scaling's service-linked role needs on a customer-managed key to launch instances with
+# volumes it encrypts (EC2 Auto Scaling, "Required AWS KMS key policy for use with encrypted volumes").
+ASG_KEY_OPERATIONS = ("CreateGrant", "Decrypt", "DescribeKey", "Encrypt", "GenerateDataKey",
+                      "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo")
+
+
+def grant_volume_keys(parent: pulumi.Resource, name: str, keys: Sequence[str], after: Sequence[pulumi.Resource]) -> None:
+    """A KMS grant per customer-managed key for AWSServiceRoleForAutoScaling. Created after the
+    groups: creating the first group is what creates that role (a grant to a role that does not
+    exist yet is refused), and a group simply retries its launches until the grant exists."""
+    if not keys:
+        return
+    account = aws.get_caller_identity_output(opts=invoke(parent)).account_id
+    role = pulumi.Output.concat("arn:aws:iam::", account,
+                                ":role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")
+    for i, key in enumerate(keys):
+        aws.kms.Grant(f"{name}-asg-volume-key-{i}", key_id=key, grantee_principal=role,
+                      operations=list(ASG_KEY_OPERATIONS), opts=child(parent, depends_on=list(after)))

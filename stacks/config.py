@@ -12,6 +12,9 @@ Keys (all in stacks/Pulumi.<env>.yaml under `config:`):
     warmstart:imageUri       the runtime image replicas run (build runtime/image, push to ECR)
     warmstart:gateImageUri   the slim gate image gates run; default: repository warmstart-gate beside
                              the runtime image's warmstart-runtime, same registry and tag
+    warmstart:ebsKmsKeyArns  customer-managed KMS keys the instances' volumes are encrypted with (the
+                             account's default EBS key, a weights snapshot's key): Auto Scaling's
+                             service-linked role gets a grant on each
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ STACK_KEYS: dict[str, str] = {
     "warmstart:imageUri": "runtime image (ECR URI) replicas run; build it from runtime/image (required)",
     "warmstart:gateImageUri": (f"slim gate image (ECR URI) the gate instances run; default: repository "
                                f"`{GATE_REPOSITORY}` beside the runtime image's `{RUNTIME_REPOSITORY}`, same tag"),
+    "warmstart:ebsKmsKeyArns": ("customer-managed KMS key ARNs that encrypt the instances' volumes (the account's "
+                                "default EBS key if it is one, a weights snapshot's key): the Auto Scaling "
+                                "service-linked role gets a grant on each, or every launch fails"),
 }
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-zA-Z-]+$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class StackConfig:
     endpoints: tuple[EndpointConfig, ...]
     variants: dict[str, Variant]
     gate_image_uri: str = ""
+    ebs_kms_key_arns: tuple[str, ...] = ()
 
     def variant_of(self, endpoint: EndpointConfig) -> Variant:
         return self.variants[endpoint.variant]
@@ -112,6 +120,7 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
         )
     image_uri = values.get("warmstart:imageUri") or ""
     gate_image = values.get("warmstart:gateImageUri") or ""
+    kms_keys = _kms_keys(values.get("warmstart:ebsKmsKeyArns"), source)
     raw = _value(values, "warmstart:endpoints")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: warmstart:endpoints must be a non-empty list of endpoints; add one")
@@ -161,8 +170,27 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
         endpoints.append(ep)
     return StackConfig(
         environment=str(env), region=str(region), substrate=substrate, image_uri=str(image_uri),
-        endpoints=tuple(endpoints), variants=variants, gate_image_uri=str(gate_image),
+        endpoints=tuple(endpoints), variants=variants, gate_image_uri=str(gate_image), ebs_kms_key_arns=kms_keys,
     )
+
+
+def _kms_keys(raw: Any, source: str) -> tuple[str, ...]:
+    if raw in (None, "", []):
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.lstrip().startswith("[") else [raw]
+        except ValueError:
+            raise ConfigError(f"{source}: warmstart:ebsKmsKeyArns is not valid JSON; give a list of key ARNs") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: warmstart:ebsKmsKeyArns must be a list of KMS key ARNs")
+    for k in raw:
+        if not isinstance(k, str) or not _KMS_KEY_ARN.match(k):
+            raise ConfigError(
+                f"{source}: warmstart:ebsKmsKeyArns has {k!r}, not a KMS key ARN; use "
+                "arn:aws:kms:REGION:ACCOUNT:key/KEY-ID (aliases cannot be granted on)"
+            )
+    return tuple(raw)
 
 
 def stack_file(stack: str, stack_dir: Path | None = None) -> Path:
@@ -204,5 +232,6 @@ def from_pulumi() -> StackConfig:
         "warmstart:substrate": ws.get("substrate"),
         "warmstart:imageUri": ws.get("imageUri"),
         "warmstart:gateImageUri": ws.get("gateImageUri"),
+        "warmstart:ebsKmsKeyArns": ws.get("ebsKmsKeyArns"),
     }
     return parse_stack_config(values, source=f"stack {pulumi.get_stack()}")

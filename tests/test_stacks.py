@@ -255,7 +255,7 @@ def test_pulumi_yaml_declares_every_key_the_program_reads() -> None:
 
     declared = set(project["config"])
     # Pulumi's schema has no object type: structured keys are validated by the program instead.
-    structured = {"warmstart:endpoints", "warmstart:eks"}
+    structured = {"warmstart:endpoints", "warmstart:eks", "warmstart:ebsKmsKeyArns"}
     assert all(project["config"][k]["type"] in ("string", "integer", "boolean") for k in declared)
     assert {k for k in STACK_KEYS if k.startswith("warmstart:")} - structured <= declared
     for env in ("dev", "staging", "prod"):
@@ -281,3 +281,27 @@ def test_pulumi_entry_point_runs_the_program() -> None:
                stack="dev")
     assert len(g.resources) == len(render_values(values).resources)
     assert g.outputs["variant"]["value"] == "llama31-8b-fp8-l4"
+
+
+def test_volume_keys_are_granted_to_the_auto_scaling_role() -> None:
+    """Accounts whose EBS default encryption (or a weights snapshot) uses a customer-managed key:
+    AWSServiceRoleForAutoScaling must be allowed to use it ("Required AWS KMS key policy for use
+    with encrypted volumes": Encrypt, Decrypt, ReEncrypt*, GenerateDataKey*, DescribeKey,
+    CreateGrant), or every launch fails with Client.InternalError. A grant per key, after the groups
+    (whose creation creates that role)."""
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    values = stack_values("dev")
+    values["warmstart:ebsKmsKeyArns"] = [key]
+    g = render_values(values)
+    (grant,) = g.of_type("aws:kms/grant:Grant")
+    assert grant.inputs["keyId"] == key
+    assert grant.inputs["granteePrincipal"] == (
+        "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")
+    assert set(grant.inputs["operations"]) == {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GenerateDataKey",
+                                               "GenerateDataKeyWithoutPlaintext", "DescribeKey", "CreateGrant"}
+    assert {"chat-edge-gate-asg", "chat-replicas-asg"} <= set(grant.options["depends_on"])
+    assert render_values(stack_values("dev")).of_type("aws:kms/grant:Grant") == []  # AWS-managed key: nothing to grant
+    values["warmstart:ebsKmsKeyArns"] = ["alias/my-ebs"]
+    with pytest.raises(ConfigError, match=r"warmstart:ebsKmsKeyArns has 'alias/my-ebs', not a KMS key ARN; use "
+                                          r"arn:aws:kms:REGION:ACCOUNT:key/KEY-ID"):
+        parse_stack_config(values, source="s")

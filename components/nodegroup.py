@@ -326,8 +326,12 @@ class GpuNodeGroup(pulumi.ComponentResource):
             f"{name}-gate-fallback", role=args.gate_role_name,
             policy=pulumi.Output.all(lt.arn, role.arn, account).apply(lambda a: policy_document([
                 statement(["ec2:CreateLaunchTemplateVersion"], [a[0]], "FallbackOwnTemplate"),
-                statement(["ec2:RunInstances"], ["*"], "LaunchFromOwnTemplateOnly",
-                          condition={"ArnEquals": {"ec2:LaunchTemplate": a[0]}}),
+                # Every resource a launch from it touches; amazon-owned AMIs carry no account.
+                statement(["ec2:RunInstances"], [
+                    a[0], *[f"arn:aws:ec2:{region}:{a[2]}:{kind}/*" for kind in
+                            ("instance", "volume", "network-interface", "subnet", "security-group", "snapshot")],
+                    f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*",
+                ], "LaunchFromOwnTemplateOnly", condition={"ArnEquals": {"ec2:LaunchTemplate": a[0]}}),
                 statement(["ec2:CreateTags"], [f"arn:aws:ec2:{region}:{a[2]}:instance/*",
                                                f"arn:aws:ec2:{region}:{a[2]}:volume/*"],
                           "TagAtLaunchOnly", condition={"StringEquals": {"ec2:CreateAction": "RunInstances"}}),

@@ -124,6 +124,8 @@ def _arn(t: str, svc: str, region: str, name: str) -> str:
         "aws:sns/topic:Topic": f"arn:aws:sns:{region}:{ACCOUNT}:{name}",
         "aws:autoscaling/group:Group": f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
                                        f"{_h(name, 8)}:autoScalingGroupName/{name}",
+        "aws:ec2/launchTemplate:LaunchTemplate": f"arn:aws:ec2:{region}:{ACCOUNT}:launch-template/lt-{_h(name, 17)}",
+        "aws:kms/key:Key": f"arn:aws:kms:{region}:{ACCOUNT}:key/{_h(name, 8)}-{_h(name + 'k', 4)}",
     }
     return formats.get(t, f"arn:aws:{svc}:{region}:{ACCOUNT}:{t.rsplit(':', 1)[-1].lower()}/{name}")
 

@@ -218,6 +218,7 @@ def test_capacity_fallback_may_launch_from_the_replica_template_only() -> None:
     assert gate_template not in json.dumps(by_sid)  # the gate may not rewrite its own template
     run = by_sid["LaunchFromOwnTemplateOnly"]
     assert run["Action"] == ["ec2:RunInstances"] and run["Condition"] == {"ArnEquals": {"ec2:LaunchTemplate": template}}
+    assert "*" not in run["Resource"] and template in run["Resource"]
     tags = by_sid["TagAtLaunchOnly"]
     assert tags["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     assert all(r.split(":")[5].split("/")[0] in ("instance", "volume") for r in tags["Resource"])

@@ -235,8 +235,9 @@ def test_gate_ami_architecture(itype: str, arch: str) -> None:
 
 
 def test_default_gate_instance_runs_the_runtime_image() -> None:
-    """Gates and replicas run one runtime image, built for the replicas' x86_64 GPU AMI: an endpoint
-    that leaves gate_instance_type unset must get a gate that can run it (a Graviton default could not)."""
+    """The gate image is built for x86_64, like the runtime image for the replicas' GPU AMI: an
+    endpoint that leaves gate_instance_type unset must get a gate that can run it (a Graviton
+    default could not)."""
     default = parse_endpoint({"name": "chat", "variant": "llama31-8b-fp8-l4", "allow_http": True}).gate_instance_type
     image_arch = "x86_64" if "/x86_64/" in GPU_AMI_PARAMETER else "arm64"
     assert instance_arch(default) == image_arch == "x86_64"

@@ -73,8 +73,9 @@ def image_pull_statements(image_uri: str) -> list[dict[str, Any]]:
     return [
         # GetAuthorizationToken has no resource-level permissions: AWS requires "*".
         statement(["ecr:GetAuthorizationToken"], ["*"], "EcrLogin"),
-        statement(["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-                  [repo], "EcrPull"),
+        # What `docker pull` calls: the manifest, then each layer's URL (BatchCheckLayerAvailability
+        # is a push-side call).
+        statement(["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"], [repo], "EcrPull"),
     ]
 
 

@@ -1,20 +1,25 @@
 """Edge: ALB -> gate tier -> (Redis/Valkey, key table, replica pool).
 
 - ALB in the public subnets: HTTPS with an ACM certificate when a domain is set (HTTP then only
-  redirects), plain HTTP only where the endpoint allows it. Idle timeout covers the longest
-  silent wait a non-streamed request may have (hold + request timeout), never below 300 s.
-  least_outstanding_requests: a gate busy holding long streams gets fewer new ones.
-- Gate tier: small CPU instances in the private subnets running the gate (gunicorn + gevent)
-  from the runtime image; target group health checks on /healthz; >= 2 across AZs in prod.
+  redirects), plain HTTP only where the endpoint allows it. Its idle timeout, the gate's
+  keep-alive (above it), the target group's deregistration delay and gunicorn's graceful timeout
+  all come from one rule (components/timeouts.py). least_outstanding_requests: a gate busy
+  holding long streams gets fewer new ones.
+- Gate tier: small CPU instances in the private subnets running the slim gate image (gunicorn +
+  gevent); the target group's health check is /livez (the worker serves HTTP; never Redis or
+  the key store, whose outage must not make the ALB replace every gate). Target tracking on CPU
+  between a floor across AZs and a ceiling sized from the plan's concurrency (gate_tier_size).
 - ElastiCache Valkey with TLS in transit, encryption at rest and an AUTH token, reachable only
   from the gate's security group.
 - The gate's whole configuration is one runtime.gate.config.GateConfig, rendered into an SSM
-  SecureString parameter that the gate instances fetch at boot and on a timer.
+  SecureString parameter that the gate instances fetch at boot and on a timer (a change reloads
+  gunicorn in place: no gate restarts).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +41,7 @@ from components.base import (
     policy_document,
     statement,
 )
-from components.nodegroup import replica_role_name
+from components.timeouts import EdgeTimeouts, edge_timeouts
 from runtime.gate.config import GateConfig, PoolConfig
 from runtime.image import cloudinit
 from runtime.replica.launcher import DEFAULT_PORT
@@ -48,8 +53,53 @@ TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 REDIS_PORT = 6379
 
 
+# The ALB's health check: 200 whenever a gate worker serves HTTP (runtime/gate/app.py).
+LIVENESS_PATH = "/livez"
+# Gate tier sizing, from docs/benchmarks.md: one gevent worker relays ~5,000 SSE events per
+# CPU-second (gate + Redis store); a stream at 40 tokens/s is 40 events/s; target tracking holds
+# CPU at GATE_CPU_TARGET, leaving the rest for bursts and a lost AZ's share.
+GATE_EVENTS_PER_VCPU_S = 5000
+STREAM_EVENTS_PER_S = 40
+GATE_CPU_TARGET = 50.0
+# Gate boot, estimated until the slim image's pull is measured on the gate type: instance boot and
+# cloud-init 60 s, `dnf install docker` 90 s, pulling and extracting the slim gate image (< 1 GiB
+# at >= 20 MiB/s through NAT) 60 s, gunicorn start + two passing health checks (10 s apart) 30 s.
+GATE_BOOT_S = 60 + 90 + 60 + 30
+# The AL2023 AMI's root snapshot (8 GiB), the image twice (compressed layers + extracted) and
+# room for docker's metadata; logs go to CloudWatch (awslogs), not the disk.
+GATE_ROOT_GIB = 16
+
+
 def alb_idle_timeout(ep: EndpointConfig) -> int:
-    return min(4000, max(300, ep.hold_timeout_s + ep.request_timeout_s + 30))
+    return timeouts_for(ep).alb_idle_s
+
+
+def timeouts_for(ep: EndpointConfig) -> EdgeTimeouts:
+    return edge_timeouts(request_timeout_s=ep.request_timeout_s, hold_timeout_s=ep.hold_timeout_s)
+
+
+def vcpus(instance_type: str) -> int:
+    """vCPUs of a current-generation type from its size (medium 1, large 2, xlarge 4, Nxlarge 4N)."""
+    size = instance_type.split(".", 1)[-1]
+    fixed = {"medium": 1, "large": 2, "xlarge": 4}
+    if size in fixed:
+        return fixed[size]
+    if size.endswith("xlarge") and size[:-6].isdigit():
+        return 4 * int(size[:-6])
+    raise ValueError(f"gate_instance_type={instance_type!r}: unknown size {size!r}; use e.g. c7i.large or c7i.xlarge")
+
+
+def gate_tier_size(*, plan_concurrency: int, instance_type: str, floor: int) -> tuple[int, int]:
+    """(min, max) of the gate ASG: the floor, and enough instances for the plan's concurrent
+    streams at GATE_CPU_TARGET (never fewer than the floor, never more than 20)."""
+    per_instance = GATE_EVENTS_PER_VCPU_S * vcpus(instance_type) * GATE_CPU_TARGET / 100
+    needed = math.ceil(plan_concurrency * STREAM_EVENTS_PER_S / per_instance)
+    return floor, min(20, max(floor, needed))
+
+
+def gate_grace_s() -> int:
+    """The gate ASG's health-check grace: twice the estimated boot, so a slow pull is not killed."""
+    return 2 * GATE_BOOT_S
 
 
 def gate_config(ep: EndpointConfig, variant: Variant, *, region: str, redis_url: str, keys_table: str) -> GateConfig:
@@ -78,7 +128,8 @@ class EdgeArgs:
     endpoint: EndpointConfig
     variant: Variant
     region: str
-    image_uri: str
+    # The slim gate image (runtime/image, target gate).
+    gate_image_uri: str
     vpc_id: pulumi.Input[str]
     vpc_cidr: pulumi.Input[str]
     public_subnet_ids: pulumi.Input[Sequence[str]]
@@ -88,7 +139,9 @@ class EdgeArgs:
     log_group_arn: pulumi.Input[str]
     tags: Tags
     cache_node_type: str = "cache.t4g.small"
-    gate_root_gib: int = 30
+    gate_root_gib: int = GATE_ROOT_GIB
+    # The gate ASG's floor: its instances spread across this many AZs (prod).
+    az_count: int = 2
     engine_port: int = DEFAULT_PORT
     boot_before: Sequence[pulumi.Resource] = ()
 
@@ -98,6 +151,7 @@ class Edge(pulumi.ComponentResource):
     alb_dns_name: pulumi.Output[str]
     gate_security_group_id: pulumi.Output[str]
     gate_asg_name: pulumi.Output[str]
+    gate_role_name: pulumi.Output[str]
     config_parameter_name: pulumi.Output[str]
     user_data: str
 
@@ -105,6 +159,7 @@ class Edge(pulumi.ComponentResource):
         super().__init__("warmstart:edge:Edge", name, None, opts)
         ep, t = args.endpoint, args.tags
         env = ep.environment
+        times = timeouts_for(ep)
         prod = env == "prod"
         account = aws.get_caller_identity_output(opts=invoke(self)).account_id
 
@@ -173,37 +228,32 @@ class Edge(pulumi.ComponentResource):
         )
 
         # --- gate IAM -------------------------------------------------------------------------------
+        # What the gate calls (runtime/gate, runtime/pool/aws.py) and nothing else. The capacity
+        # fallback's grants (a new version of the replica launch template, the group pointed at it)
+        # name that template, so GpuNodeGroup declares them on this role (gate_role_name).
         replica_asg = naming.replica_asg_name(env, ep.name)
         role = aws.iam.Role(f"{name}-gate-role", assume_role_policy=assume_role_policy("ec2.amazonaws.com"),
                             description=f"warmstart gate {env}/{ep.name}", tags=t, opts=child(self))
         aws.iam.RolePolicy(
             f"{name}-gate-policy", role=role.id,
             policy=pulumi.Output.all(param.arn, args.keys_table_arn, args.log_group_arn,
-                                     asg_arn(args.region, account, replica_asg), account).apply(
+                                     asg_arn(args.region, account, replica_asg)).apply(
                 lambda a: policy_document([
                     statement(["ssm:GetParameter"], [a[0]], "OwnConfig"),
-                    statement(["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
-                              [a[1], f"{a[1]}/index/*"], "OwnKeys"),
+                    # The gate only looks keys up (GetItem by hash); `warmstart keys` writes them.
+                    statement(["dynamodb:GetItem"], [a[1]], "ReadOwnKeys"),
                     statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[2]}:log-stream:*"], "OwnLogs"),
-                    # Wake/scale its own replica group; on InsufficientInstanceCapacity, switch it to
-                    # the variant's next fallback type (runtime/scaling/asg.py) and tag why.
+                    # Wake/scale its own replica group; tag it when it falls back to another type.
                     statement(["autoscaling:CreateOrUpdateTags", "autoscaling:SetDesiredCapacity",
                                "autoscaling:UpdateAutoScalingGroup"], [a[3]], "ScaleOwnReplicas"),
-                    statement(["ec2:CreateLaunchTemplateVersion"],
-                              [f"arn:aws:ec2:{args.region}:{a[4]}:launch-template/*"], "FallbackOwnTemplate",
-                              condition={"StringEquals": {"aws:ResourceTag/endpoint": ep.name,
-                                                          "aws:ResourceTag/environment": env}}),
-                    statement(["iam:PassRole"], [f"arn:aws:iam::{a[4]}:role/{replica_role_name(env, ep.name)}"],
-                              "PassReplicaRole",
-                              condition={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
                     # Describe calls have no resource-level permissions in AWS: "*" is the only form.
                     statement(["autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeScalingActivities",
-                               "autoscaling:DescribeWarmPool", "ec2:DescribeInstances",
-                               "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeLaunchTemplates"],
+                               "ec2:DescribeInstances", "ec2:DescribeLaunchTemplateVersions",
+                               "ec2:DescribeLaunchTemplates"],
                               ["*"], "DiscoverReplicas"),
                     statement(["cloudwatch:PutMetricData"], ["*"], "PublishOwnMetrics",
                               condition={"StringEquals": {"cloudwatch:namespace": metrics.NAMESPACE}}),
-                    *image_pull_statements(args.image_uri),
+                    *image_pull_statements(args.gate_image_uri),
                 ])
             ),
             opts=child(self),
@@ -216,16 +266,18 @@ class Edge(pulumi.ComponentResource):
         # --- load balancer --------------------------------------------------------------------------
         alb = aws.lb.LoadBalancer(
             f"{name}-alb", load_balancer_type="application", internal=False, subnets=args.public_subnet_ids,
-            security_groups=[alb_sg.id], idle_timeout=alb_idle_timeout(ep), drop_invalid_header_fields=True,
+            security_groups=[alb_sg.id], idle_timeout=times.alb_idle_s, drop_invalid_header_fields=True,
             enable_deletion_protection=prod, tags=t, opts=child(self),
         )
         tg = aws.lb.TargetGroup(
             f"{name}-gate-tg", port=gp, protocol="HTTP", target_type="instance", vpc_id=args.vpc_id,
             load_balancing_algorithm_type="least_outstanding_requests",
             # Draining waits for the longest request a gate may be serving.
-            deregistration_delay=min(3600, ep.request_timeout_s + ep.hold_timeout_s),
+            deregistration_delay=times.deregistration_delay_s,
+            # Liveness, not readiness: /healthz answers 503 while Redis fails over, and an ELB
+            # health check failing on every gate at once would make the ASG replace them all.
             health_check=aws.lb.TargetGroupHealthCheckArgs(
-                path="/healthz", protocol="HTTP", matcher="200", interval=10, timeout=5,
+                path=LIVENESS_PATH, protocol="HTTP", matcher="200", interval=10, timeout=5,
                 healthy_threshold=2, unhealthy_threshold=3,
             ),
             tags=t, opts=child(self),
@@ -271,8 +323,8 @@ class Edge(pulumi.ComponentResource):
 
         # --- gate instances -------------------------------------------------------------------------
         self.user_data = cloudinit.render_gate(cloudinit.GateUserData(
-            image_uri=args.image_uri, region=args.region, log_group=naming.gate_log_group(env, ep.name),
-            config_parameter=param_name,
+            image_uri=args.gate_image_uri, region=args.region, log_group=naming.gate_log_group(env, ep.name),
+            config_parameter=param_name, gate_env=times.gate_env(), stop_timeout_s=times.stop_timeout_s,
         ))
         ami = aws.ssm.get_parameter_output(
             name=AL2023_AMI.format(arch=instance_arch(ep.gate_instance_type)), opts=invoke(self)).value
@@ -299,12 +351,16 @@ class Edge(pulumi.ComponentResource):
             ],
             update_default_version=True, tags=t, opts=child(self, depends_on=[param]),
         )
-        n = ep.gate_instances
+        plan_concurrency = ep.plan_obj.max_concurrency
+        floor = max(ep.gate_instances, args.az_count if prod else 1)
+        low, high = gate_tier_size(plan_concurrency=plan_concurrency, instance_type=ep.gate_instance_type,
+                                   floor=floor)
+        grace = gate_grace_s()
         gate_asg = aws.autoscaling.Group(
-            f"{name}-gate-asg", name=gate_asg_name, min_size=n, max_size=max(n * 2, 2), desired_capacity=n,
+            f"{name}-gate-asg", name=gate_asg_name, min_size=low, max_size=high, desired_capacity=low,
             vpc_zone_identifiers=args.private_subnet_ids, target_group_arns=[tg.arn],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=lt.id, version=lt.latest_version.apply(str)),
-            health_check_type="ELB", health_check_grace_period=300,
+            health_check_type="ELB", health_check_grace_period=grace, default_instance_warmup=grace,
             instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
                 strategy="Rolling",
                 preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
@@ -314,8 +370,21 @@ class Edge(pulumi.ComponentResource):
             tags=asg_tags(named(t, gate_asg_name)),
             opts=child(self, ignore_changes=["desiredCapacity"], depends_on=list(args.boot_before)),
         )
+        # Streams cost the gate CPU (relaying SSE events), so CPU is what tracks its load.
+        aws.autoscaling.Policy(
+            f"{name}-gate-cpu", autoscaling_group_name=gate_asg.name, policy_type="TargetTrackingScaling",
+            estimated_instance_warmup=grace,
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                target_value=GATE_CPU_TARGET,
+                predefined_metric_specification=(
+                    aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                        predefined_metric_type="ASGAverageCPUUtilization")),
+            ),
+            opts=child(self),
+        )
         self.alb_dns_name = alb.dns_name
         self.gate_security_group_id = gate_sg.id
         self.gate_asg_name = gate_asg.name
+        self.gate_role_name = role.name
         self.config_parameter_name = param.name
         self.register_outputs({"url": self.url, "gate_asg_name": self.gate_asg_name})

@@ -76,6 +76,7 @@ from pulumi_kubernetes.networking.v1 import (
 from pulumi_kubernetes.policy.v1 import PodDisruptionBudgetSpecArgs
 from pulumi_kubernetes.rbac.v1 import PolicyRuleArgs, RoleRefArgs, SubjectArgs
 
+from components.timeouts import edge_timeouts
 from runtime.gate.config import GateConfig, PoolConfig
 from runtime.image.cloudinit import CACHE_DIR, GATE_COMMAND, GATE_CONFIG, GATE_PORT, MODEL_DIR, engine_command
 from runtime.pool.k8s import STOPPED_ANNOTATION
@@ -90,6 +91,8 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 VARIANT_NODE_LABEL = "warmstart.dev/variant"
 RUN_AS_UID = 10001  # the runtime image's unprivileged user; the node boot script chowns the cache to it
 GPU_RESOURCE = "nvidia.com/gpu"
+# The gate's preStop sleep: the ALB controller deregisters the pod before gunicorn stops accepting.
+GATE_PRESTOP_S = 15
 POD_IP_REF = "$(POD_IP)"  # Kubernetes expands $(VAR) in command/args from the container's env
 
 VLLM, GATE, STORE = "vllm", "gate", "store"
@@ -303,7 +306,7 @@ class EksWorkloads(pulumi.ComponentResource):
                             ),
                             # Leave the EndpointSlice (the gate stops routing here) before SIGTERM.
                             lifecycle=LifecycleArgs(pre_stop=LifecycleHandlerArgs(
-                                sleep=SleepActionArgs(seconds=15))),
+                                sleep=SleepActionArgs(seconds=GATE_PRESTOP_S))),
                             security_context=_restricted(),
                             volume_mounts=[
                                 VolumeMountArgs(name="model", mount_path=MODEL_DIR, read_only=True),
@@ -365,6 +368,11 @@ class EksWorkloads(pulumi.ComponentResource):
             opts=in_ns,
         )
         gate_labels = _labels(GATE)
+        # One rule with the EC2 edge (components/timeouts.py): ALB idle < gate keep-alive,
+        # deregistration delay = graceful timeout = request + hold; the pod's grace covers the
+        # preStop sleep plus gunicorn's graceful stop.
+        gate_times = edge_timeouts(request_timeout_s=ep.request_timeout_s, hold_timeout_s=ep.hold_timeout_s)
+        gate_grace = GATE_PRESTOP_S + gate_times.stop_timeout_s
         gate_dep = k8s.apps.v1.Deployment(
             f"{name}-gate",
             metadata=meta(GATE, gate_labels),
@@ -384,7 +392,7 @@ class EksWorkloads(pulumi.ComponentResource):
                         service_account_name=GATE,
                         # The gate's pool needs the API; the token is projected, short-lived.
                         automount_service_account_token=True,
-                        termination_grace_period_seconds=grace,
+                        termination_grace_period_seconds=gate_grace,
                         security_context=_pod_security(),
                         topology_spread_constraints=[TopologySpreadConstraintArgs(
                             max_skew=1, topology_key="topology.kubernetes.io/zone",
@@ -400,6 +408,7 @@ class EksWorkloads(pulumi.ComponentResource):
                                 EnvVarArgs(name="AWS_REGION", value=args.region),
                                 EnvVarArgs(name="HOME", value="/tmp"),
                                 EnvVarArgs(name="PROMETHEUS_MULTIPROC_DIR", value="/tmp/metrics"),
+                                *[EnvVarArgs(name=k, value=val) for k, val in sorted(gate_times.gate_env().items())],
                             ],
                             ports=[ContainerPortArgs(name="http", container_port=GATE_PORT, protocol="TCP")],
                             resources=ResourceRequirementsArgs(
@@ -415,7 +424,7 @@ class EksWorkloads(pulumi.ComponentResource):
                                 period_seconds=10, timeout_seconds=3, failure_threshold=6,
                             ),
                             lifecycle=LifecycleArgs(pre_stop=LifecycleHandlerArgs(
-                                sleep=SleepActionArgs(seconds=15))),
+                                sleep=SleepActionArgs(seconds=GATE_PRESTOP_S))),
                             security_context=_restricted(),
                             volume_mounts=[
                                 VolumeMountArgs(name="config", mount_path=GATE_CONFIG, sub_path="gate.json",
@@ -487,15 +496,16 @@ class EksWorkloads(pulumi.ComponentResource):
 
         # -- the edge ----------------------------------------------------------------------
         https = args.certificate_arn is not None
-        idle = max(300, ep.request_timeout_s + 60)
+        idle = gate_times.alb_idle_s
         annotations: dict[str, pulumi.Input[str]] = {
             "alb.ingress.kubernetes.io/scheme": "internet-facing",
             "alb.ingress.kubernetes.io/target-type": "ip",
-            "alb.ingress.kubernetes.io/healthcheck-path": "/healthz",
+            "alb.ingress.kubernetes.io/healthcheck-path": "/livez",  # liveness: never Redis (docs/operations.md)
             "alb.ingress.kubernetes.io/load-balancer-attributes":
                 f"idle_timeout.timeout_seconds={idle},routing.http.drop_invalid_header_fields.enabled=true",
             "alb.ingress.kubernetes.io/target-group-attributes":
-                "load_balancing.algorithm.type=least_outstanding_requests,deregistration_delay.timeout_seconds=30",
+                ("load_balancing.algorithm.type=least_outstanding_requests,"
+                 f"deregistration_delay.timeout_seconds={gate_times.deregistration_delay_s}"),
             "alb.ingress.kubernetes.io/tags": f"warmstart:endpoint={ep.name},warmstart:environment={ep.environment}",
         }
         if https:

@@ -27,6 +27,24 @@ HOURLY_USD: dict[str, float] = {
 }
 
 
+# 1 in a minute when requests wait for capacity and no replica was ready at any point of it. A
+# minute with waiting requests but no ReadyReplicas datapoint counts too (FILL: no report, none ready).
+NO_CAPACITY_EXPRESSION = "IF(FILL(waiting, 0) > 0 AND FILL(ready, 0) == 0, 1, 0)"
+
+
+def alarm_key_policy(account: str) -> str:
+    """The alarm topic's KMS key policy: the account administers it; CloudWatch may encrypt
+    (kms:GenerateDataKey*) and decrypt for SNS. AWS: the key policy must "allow CloudWatch to use
+    the key" with these two actions for alarm notifications to an encrypted topic."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "AccountAdministers", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "CloudWatchAlarmsPublish", "Effect": "Allow", "Principal": {"Service": "cloudwatch.amazonaws.com"},
+         "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+         "Condition": {"StringEquals": {"aws:SourceAccount": account}}},
+    ]}, sort_keys=True)
+
+
 @dataclass
 class MonitoringArgs:
     environment: str
@@ -120,7 +138,15 @@ class Monitoring(pulumi.ComponentResource):
 
         actions: list[pulumi.Input[str]] = []
         if args.alarm_email:
-            topic = aws.sns.Topic(f"{name}-alarms", kms_master_key_id="alias/aws/sns", tags=named(t, f"{name}-alarms"),
+            # A customer-managed key: CloudWatch cannot use the AWS-managed alias/aws/sns (its key
+            # policy cannot be edited), so alarms would never be delivered to an encrypted topic.
+            account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
+            key = aws.kms.Key(
+                f"{name}-alarms-key", description=f"warmstart alarm topic {env}/{ep}",
+                enable_key_rotation=True, deletion_window_in_days=30,
+                policy=account.apply(alarm_key_policy), tags=t, opts=child(self),
+            )
+            topic = aws.sns.Topic(f"{name}-alarms", kms_master_key_id=key.arn, tags=named(t, f"{name}-alarms"),
                                   opts=child(self))
             aws.sns.TopicSubscription(f"{name}-alarms-email", topic=topic.arn, protocol="email",
                                       endpoint=args.alarm_email, opts=child(self))
@@ -141,14 +167,17 @@ class Monitoring(pulumi.ComponentResource):
               namespace=metrics.NAMESPACE, metric_name="Latency", dimensions=dims, extended_statistic="p99",
               period=300, evaluation_periods=3, threshold=args.latency_p99_alarm_ms,
               comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching")
+        # Waiting, not InFlight: a request held for capacity holds no lease, so InFlight is 0
+        # exactly when no replica is ready.
         alarm("no-capacity", "requests waiting but no replica ready for 15 minutes (GPU capacity, boot failures)",
               evaluation_periods=15, threshold=0, comparison_operator="GreaterThanThreshold",
               treat_missing_data="notBreaching", metric_queries=[
                   aws.cloudwatch.MetricAlarmMetricQueryArgs(
-                      id="stuck", expression="IF(inflight > 0 AND ready == 0, 1, 0)", return_data=True,
-                      label="in flight with no ready replica"),
-                  aws.cloudwatch.MetricAlarmMetricQueryArgs(id="inflight", metric=_query("InFlight", ep, "Maximum")),
-                  aws.cloudwatch.MetricAlarmMetricQueryArgs(id="ready", metric=_query("ReadyReplicas", ep, "Minimum")),
+                      id="stuck", expression=NO_CAPACITY_EXPRESSION, return_data=True,
+                      label="waiting with no ready replica"),
+                  aws.cloudwatch.MetricAlarmMetricQueryArgs(id="waiting",
+                                                            metric=_query(metrics.WAITING, ep, "Maximum")),
+                  aws.cloudwatch.MetricAlarmMetricQueryArgs(id="ready", metric=_query("ReadyReplicas", ep, "Maximum")),
               ])
         alarm("gates-down", f"fewer than {args.gate_instances} gate instances in service",
               namespace="AWS/AutoScaling", metric_name="GroupInServiceInstances",

@@ -1,5 +1,10 @@
 """Network: a VPC over >= 2 AZs, or an adopted one.
 
+The AZs are the first `az_count` (in name order) of those where the region offers every
+instance type the endpoint launches (DescribeInstanceTypeOfferings, LocationType
+availability-zone): a GPU type is offered in only some AZs of a region, and an ASG whose subnet
+sits in an AZ without its type fails every launch there. Too few such AZs is a one-line error.
+
 Public subnets hold only the ALB (and the NAT gateways); gate instances, replicas and the cache
 live in private subnets with no public addresses. Private subnets reach AWS APIs, ECR and the
 image registry through NAT (one per AZ where `nat_per_az`, so one AZ failing does not cut the
@@ -9,13 +14,51 @@ others off) plus a free S3 gateway endpoint (ECR layers and weights come from S3
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
 from components.base import Tags, child, invoke, named
+from warmstart.errors import ConfigError
 from warmstart.spec import ExistingNetwork
+
+
+def choose_azs(available: Sequence[str], offered: Mapping[str, Iterable[str]], n: int, region: str) -> list[str]:
+    """The first n available AZs (by name) that offer every instance type in `offered`."""
+    ok = [az for az in sorted(available) if all(az in set(zones) for zones in offered.values())]
+    if len(ok) < n:
+        per_type = "; ".join(f"{t}: {', '.join(sorted(set(z) & set(available))) or 'none'}"
+                             for t, z in sorted(offered.items()))
+        raise ConfigError(
+            f"region {region} offers every instance type of this endpoint in {len(ok)} AZ(s) "
+            f"({', '.join(ok) or 'none'}), fewer than the {n} needed ({per_type}); pick types offered in "
+            f"{n} AZs of {region} (aws ec2 describe-instance-type-offerings --location-type availability-zone) "
+            "or another region"
+        )
+    return ok[:n]
+
+
+def check_adopted_zones(subnets: Sequence[str], zones: Sequence[str], offered: Mapping[str, Iterable[str]],
+                        types: Sequence[str], region: str) -> list[str]:
+    """An adopted network's private subnets must each sit in an AZ that offers every type."""
+    for subnet, az in zip(subnets, zones, strict=True):
+        missing = [t for t in types if az not in set(offered.get(t, ()))]
+        if missing:
+            raise ConfigError(
+                f"network.private_subnet_ids: {subnet} is in {az}, where {region} does not offer "
+                f"{', '.join(missing)}; use private subnets in AZs that offer every instance type of this endpoint"
+            )
+    return list(zones)
+
+
+def offerings_by_type(instance_types: Sequence[str], locations: Sequence[str]) -> dict[str, list[str]]:
+    """GetInstanceTypeOfferings' parallel lists as type -> AZs."""
+    out: dict[str, list[str]] = {}
+    for t, loc in zip(instance_types, locations, strict=True):
+        out.setdefault(t, []).append(loc)
+    return out
 
 
 @dataclass
@@ -26,6 +69,8 @@ class NetworkArgs:
     az_count: int = 2
     nat_per_az: bool = False
     existing: ExistingNetwork | None = None
+    # Every EC2 instance type the endpoint launches in these subnets (GPU, gate).
+    instance_types: Sequence[str] = ()
 
 
 class Network(pulumi.ComponentResource):
@@ -41,7 +86,7 @@ class Network(pulumi.ComponentResource):
         if args.az_count < 2:
             raise ValueError(f"az_count={args.az_count}: the ALB needs subnets in at least 2 AZs; use 2 or more")
         if args.existing is not None:
-            self._adopt(args.existing)
+            self._adopt(args.existing, args)
         else:
             self._create(name, args)
         self.register_outputs({
@@ -50,22 +95,46 @@ class Network(pulumi.ComponentResource):
             "private_subnet_ids": self.private_subnet_ids,
         })
 
-    def _adopt(self, net: ExistingNetwork) -> None:
+    def _adopt(self, net: ExistingNetwork, args: NetworkArgs) -> None:
         self.az_count = len(net.private_subnet_ids)
         self.vpc_id = pulumi.Output.from_input(net.vpc_id)
         self.vpc_cidr = aws.ec2.get_vpc_output(id=net.vpc_id, opts=invoke(self)).cidr_block
         self.public_subnet_ids = pulumi.Output.from_input(list(net.public_subnet_ids))
         self.private_subnet_ids = pulumi.Output.from_input(list(net.private_subnet_ids))
-        self.availability_zones = pulumi.Output.all(*[
+        zones = pulumi.Output.all(*[
             aws.ec2.get_subnet_output(id=s, opts=invoke(self)).availability_zone for s in net.private_subnet_ids
         ]).apply(list)
+        types = sorted(set(args.instance_types))
+        if types:
+            offers = self._offerings(types)
+            subnets = list(net.private_subnet_ids)
+            region = args.region
+            zones = pulumi.Output.all(zones, offers.instance_types, offers.locations).apply(
+                lambda a: check_adopted_zones(subnets, a[0], offerings_by_type(a[1], a[2]), types, region))
+        self.availability_zones = zones
+
+    def _offerings(self, types: Sequence[str]) -> pulumi.Output[aws.ec2.GetInstanceTypeOfferingsResult]:
+        return aws.ec2.get_instance_type_offerings_output(
+            location_type="availability-zone", opts=invoke(self),
+            filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=list(types))])
 
     def _create(self, name: str, args: NetworkArgs) -> None:
         n = args.az_count
         self.az_count = n
-        azs = aws.get_availability_zones_output(state="available", opts=invoke(self))
-        az = [azs.names.apply(lambda names, i=i: names[i]) for i in range(n)]  # type: ignore[misc]
-        self.availability_zones = pulumi.Output.all(*az).apply(list)
+        # Opt-in zones (Local/Wavelength Zones) are not where a GPU ASG belongs.
+        azs = aws.get_availability_zones_output(
+            state="available", opts=invoke(self),
+            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])])
+        types = sorted(set(args.instance_types))
+        region = args.region
+        if types:
+            offers = self._offerings(types)
+            chosen = pulumi.Output.all(azs.names, offers.instance_types, offers.locations).apply(
+                lambda a: choose_azs(a[0], {t: offerings_by_type(a[1], a[2]).get(t, []) for t in types}, n, region))
+        else:
+            chosen = azs.names.apply(lambda names: choose_azs(names, {}, n, region))
+        az = [chosen.apply(lambda names, i=i: names[i]) for i in range(n)]  # type: ignore[misc]
+        self.availability_zones = chosen
         blocks = list(ipaddress.ip_network(args.cidr_block).subnets(new_prefix=20))
         if len(blocks) < 2 * n:
             raise ValueError(f"cidr_block={args.cidr_block} is too small for {n} AZs; use a /16")

@@ -4,17 +4,24 @@
   action, pull the runtime image (and be reached by Session Manager; there is no SSH).
 - Network: engine port open only to the gate's security group; egress HTTPS only.
 - Launch template: GPU AMI resolved from an SSM parameter at deploy time, IMDSv2 required,
-  encrypted root volume, weights volume restored from the variant's snapshot (gp3 with raised
-  throughput/IOPS so the model loads fast), cloud-init that starts exactly the launcher's argv.
+  encrypted root volume, weights volume restored from the variant's snapshot (gp3 with
+  throughput/IOPS raised up to what the instance type's EBS bandwidth can use, and no further:
+  a stopped warm-pool volume bills them too), cloud-init that starts exactly the launcher's argv.
 - ASG: min 0 (Flex) or min_replicas (Active), max from the plan, desired capacity owned by the
   scaler and the gate (ignored by Pulumi), a launch lifecycle hook that makes "InService" mean
   "vLLM answers /health", a termination lifecycle hook during which the replica drains its
-  running streams (runtime/image/scripts/drain.sh), and a warm pool of Stopped instances whose
-  volumes were pre-read.
+  running streams (runtime/image/scripts/drain.sh), and a warm pool of exactly warm_pool_size
+  Stopped instances whose volumes were pre-read.
+- The gate's capacity fallback (runtime/scaling/asg.py: a new version of this launch template
+  with another instance type, the group pointed at it) is granted on the gate's role here, scoped
+  to this template's ARN. A MixedInstancesPolicy would do the fallback without the gate, but AWS
+  refuses a warm pool on such a group ("This operation cannot be called on an Auto Scaling group
+  that has a mixed instances policy", PutWarmPool).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,10 +56,57 @@ TERMINATE_HOOK = "warmstart-terminate"
 DRAIN_MARGIN_S = 300
 
 
+# gp3: 3,000 IOPS and 125 MiB/s are included; "The maximum ratio of provisioned throughput to
+# provisioned IOPS is .25 MiB/s per IOPS"; at most 16,000 IOPS and 1,000 MiB/s.
+GP3_BASE_IOPS = 3000
+GP3_BASE_MIBPS = 125
+GP3_MIBPS_PER_IOPS = 0.25
+GP3_MAX_IOPS = 16000
+GP3_MAX_MIBPS = 1000
+
+
 def replica_role_name(environment: str, endpoint: str) -> str:
     """Named, not auto-named: the gate's policy may pass exactly this role (capacity fallback)."""
     return f"{naming.prefix(environment, endpoint)}-replica"
+
+
 ROOT_DEVICE = "/dev/xvda"
+
+
+def refresh_preferences(min_size: int) -> tuple[int, int]:
+    """(MinHealthyPercentage, MaxHealthyPercentage) of an instance refresh: launch before terminate
+    (a serving replica leaves only once its replacement is InService, then drains). AWS
+    (RefreshPreferences.MaxHealthyPercentage): "the difference between them cannot be greater
+    than 100"; 100/200 is the widest pair that keeps full capacity."""
+    del min_size  # the same for Flex (min 0) and Active: a woken Flex replica serves too
+    return 100, 200
+
+
+def warm_pool_bounds(warm_pool_size: int) -> tuple[int, int]:
+    """(MinSize, MaxGroupPreparedCapacity) of the warm pool. PutWarmPool: "Only when
+    MaxGroupPreparedCapacity and MinSize are set to the same value does the warm pool have an
+    absolute size"; anything larger makes AWS keep MaxGroupPreparedCapacity - desired instances
+    prepared, each a booted, pre-read, stopped GPU instance with a billed volume."""
+    return warm_pool_size, warm_pool_size
+
+
+def weights_volume_performance(*, wanted_mibps: int, wanted_iops: int, instance_max_mbps: float | None,
+                               instance_max_iops: int | None) -> tuple[int, int]:
+    """(throughput MiB/s, IOPS) of the weights volume: what was asked, capped by what the instance
+    type's EBS bandwidth can use (DescribeInstanceTypes EbsInfo.EbsOptimizedInfo
+    MaximumThroughputInMBps / MaximumIops: a load reads at most that fast, and provisioned
+    performance above gp3's included 3,000 IOPS / 125 MiB/s is billed on every stopped warm-pool
+    volume); never below the included figures, IOPS enough for the throughput (0.25 MiB/s per IOPS)."""
+    mibps = min(wanted_mibps, GP3_MAX_MIBPS)
+    if instance_max_mbps:
+        mibps = min(mibps, math.floor(instance_max_mbps * 1e6 / 2**20))
+    mibps = max(GP3_BASE_MIBPS, mibps)
+    iops = min(max(wanted_iops, math.ceil(mibps / GP3_MIBPS_PER_IOPS)), GP3_MAX_IOPS)
+    if instance_max_iops:
+        iops = min(iops, instance_max_iops)
+    iops = max(GP3_BASE_IOPS, iops)
+    mibps = max(GP3_BASE_MIBPS, min(mibps, math.floor(iops * GP3_MIBPS_PER_IOPS)))
+    return mibps, iops
 
 
 @dataclass
@@ -82,6 +136,8 @@ class GpuNodeGroupArgs:
     drain_timeout_s: int = 600
     port: int = DEFAULT_PORT
     ami_parameter: str = GPU_AMI_PARAMETER
+    # The gate's role: it gets the capacity fallback's grants on this group's launch template.
+    gate_role_name: pulumi.Input[str] | None = None
     boot_before: Sequence[pulumi.Resource] = ()
 
 
@@ -105,7 +161,10 @@ class GpuNodeGroup(pulumi.ComponentResource):
             policy=pulumi.Output.all(args.log_group_arn, asg_arn(args.region, account, asg_name), account).apply(
                 lambda a: policy_document([
                     statement(["logs:CreateLogStream", "logs:PutLogEvents"], [f"{a[0]}:log-stream:*"], "OwnLogs"),
-                    statement(["autoscaling:CompleteLifecycleAction"], [a[1]], "OwnLifecycleHook"),
+                    # Heartbeats at each launch phase (replica-boot.sh, warm-pool-hook.sh), the
+                    # completion of the launch and termination hooks.
+                    statement(["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"],
+                              [a[1]], "OwnLifecycleHook"),
                     # Only the phase tag, only on this endpoint's instances.
                     statement(["ec2:CreateTags"], [f"arn:aws:ec2:{args.region}:{a[2]}:instance/*"], "OwnPhaseTag",
                               condition={
@@ -146,6 +205,11 @@ class GpuNodeGroup(pulumi.ComponentResource):
             terminate_hook_name=TERMINATE_HOOK, drain_timeout_s=args.drain_timeout_s,
         ))
         ami = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=invoke(self)).value
+        ebs = aws.ec2.get_instance_type_output(instance_type=args.instance_type, opts=invoke(self))
+        perf = pulumi.Output.all(ebs.ebs_performance_maximum_throughput, ebs.ebs_performance_maximum_iops).apply(
+            lambda a: weights_volume_performance(
+                wanted_mibps=args.weights_throughput_mibps, wanted_iops=args.weights_iops,
+                instance_max_mbps=a[0], instance_max_iops=a[1]))
         lt = aws.ec2.LaunchTemplate(
             f"{name}-lt",
             name=naming.replica_launch_template_name(env, ep),
@@ -172,7 +236,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
                     # Encryption comes from the snapshot (WeightCache checks it is encrypted).
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
                         snapshot_id=args.snapshot_id, volume_size=args.variant.weights_size_gib,
-                        volume_type="gp3", iops=args.weights_iops, throughput=args.weights_throughput_mibps,
+                        volume_type="gp3", iops=perf.apply(lambda p: p[1]), throughput=perf.apply(lambda p: p[0]),
                         volume_initialization_rate=args.volume_initialization_rate,
                         delete_on_termination="true",
                     ),
@@ -190,9 +254,9 @@ class GpuNodeGroup(pulumi.ComponentResource):
 
         warm_pool = None
         if args.warm_pool_size > 0:
+            pool_min, pool_max = warm_pool_bounds(args.warm_pool_size)
             warm_pool = aws.autoscaling.GroupWarmPoolArgs(
-                pool_state="Stopped", min_size=args.warm_pool_size,
-                max_group_prepared_capacity=max(args.max_size, args.warm_pool_size),
+                pool_state="Stopped", min_size=pool_min, max_group_prepared_capacity=pool_max,
                 instance_reuse_policy=aws.autoscaling.GroupWarmPoolInstanceReusePolicyArgs(reuse_on_scale_in=True),
             )
         asg = aws.autoscaling.Group(
@@ -208,6 +272,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
             default_instance_warmup=args.health_check_grace_s,
             # A GPU may not be available right now; Pulumi must not block waiting for one.
             wait_for_capacity_timeout="0",
+            # The heartbeat bounds ONE launch phase (pull, pre-read, engine warm-up): the boot
+            # scripts record a heartbeat between phases.
             initial_lifecycle_hooks=[aws.autoscaling.GroupInitialLifecycleHookArgs(
                 name=LAUNCH_HOOK, lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
                 default_result="ABANDON", heartbeat_timeout=args.ready_wait_s + 600,
@@ -216,7 +282,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
             instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
                 strategy="Rolling",
                 preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                    min_healthy_percentage=100 if args.min_size > 0 else 0, max_healthy_percentage=200,
+                    min_healthy_percentage=refresh_preferences(args.min_size)[0],
+                    max_healthy_percentage=refresh_preferences(args.min_size)[1],
                     skip_matching=True, scale_in_protected_instances="Ignore", standby_instances="Ignore",
                 ),
             ),
@@ -239,7 +306,37 @@ class GpuNodeGroup(pulumi.ComponentResource):
             default_result="CONTINUE", heartbeat_timeout=args.drain_timeout_s + DRAIN_MARGIN_S,
             opts=child(self),
         )
+        if args.gate_role_name is not None:
+            self._grant_fallback(name, args, lt, role, account)
         self.asg_name = asg.name
         self.security_group_id = sg.id
         self.launch_template_id = lt.id
         self.register_outputs({"asg_name": self.asg_name, "launch_template_id": self.launch_template_id})
+
+    def _grant_fallback(self, name: str, args: GpuNodeGroupArgs, lt: aws.ec2.LaunchTemplate, role: aws.iam.Role,
+                        account: pulumi.Output[str]) -> None:
+        """The gate's capacity fallback, on exactly this group's launch template: a new version of it
+        (CreateLaunchTemplateVersion), and the group pointed at that version (UpdateAutoScalingGroup,
+        granted in Edge), which AWS only allows a caller that may launch from the template: "An IAM
+        user or role that creates or updates an Auto Scaling group using a launch template must have
+        permission to use the ec2:RunInstances action", plus ec2:CreateTags for the template's tag
+        specifications and iam:PassRole for its instance profile."""
+        region = args.region
+        aws.iam.RolePolicy(
+            f"{name}-gate-fallback", role=args.gate_role_name,
+            policy=pulumi.Output.all(lt.arn, role.arn, account).apply(lambda a: policy_document([
+                statement(["ec2:CreateLaunchTemplateVersion"], [a[0]], "FallbackOwnTemplate"),
+                # Every resource a launch from it touches; amazon-owned AMIs carry no account.
+                statement(["ec2:RunInstances"], [
+                    a[0], *[f"arn:aws:ec2:{region}:{a[2]}:{kind}/*" for kind in
+                            ("instance", "volume", "network-interface", "subnet", "security-group", "snapshot")],
+                    f"arn:aws:ec2:{region}::image/*", f"arn:aws:ec2:{region}::snapshot/*",
+                ], "LaunchFromOwnTemplateOnly", condition={"ArnEquals": {"ec2:LaunchTemplate": a[0]}}),
+                statement(["ec2:CreateTags"], [f"arn:aws:ec2:{region}:{a[2]}:instance/*",
+                                               f"arn:aws:ec2:{region}:{a[2]}:volume/*"],
+                          "TagAtLaunchOnly", condition={"StringEquals": {"ec2:CreateAction": "RunInstances"}}),
+                statement(["iam:PassRole"], [a[1]], "PassReplicaRole",
+                          condition={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
+            ])),
+            opts=child(self),
+        )

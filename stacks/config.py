@@ -9,7 +9,12 @@ Keys (all in stacks/Pulumi.<env>.yaml under `config:`):
     warmstart:environment    dev | staging | prod (or any name); part of every physical name
     warmstart:endpoints      list of endpoints; each entry's fields are exactly EndpointConfig's
     warmstart:substrate      ec2 (default) | eks (components/eks_deployment.py; settings under warmstart:eks)
-    warmstart:imageUri       the runtime image replicas and gates run (build runtime/image, push to ECR)
+    warmstart:imageUri       the runtime image replicas run (build runtime/image, push to ECR)
+    warmstart:gateImageUri   the slim gate image gates run; default: repository warmstart-gate beside
+                             the runtime image's warmstart-runtime, same registry and tag
+    warmstart:ebsKmsKeyArns  customer-managed KMS keys the instances' volumes are encrypted with (the
+                             account's default EBS key, a weights snapshot's key): Auto Scaling's
+                             service-linked role gets a grant on each
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from warmstart.spec import EndpointConfig, Variant, _check_name, load_variant, p
 
 STACK_DIR = Path(__file__).resolve().parent
 SUBSTRATES = ("ec2", "eks")
+# The two images runtime/image builds, pushed side by side under one tag.
+RUNTIME_REPOSITORY = "warmstart-runtime"
+GATE_REPOSITORY = "warmstart-gate"
 
 # Stack-level keys, documented once: docs/configuration.md is generated from this.
 STACK_KEYS: dict[str, str] = {
@@ -35,9 +43,15 @@ STACK_KEYS: dict[str, str] = {
     "warmstart:environment": "environment name (dev, staging, prod, ...); part of every physical resource name (required)",
     "warmstart:endpoints": "list of endpoints; each entry takes the endpoint keys below (required, at least one)",
     "warmstart:substrate": "where replicas run: `ec2` (default) or `eks` (settings under `warmstart:eks`)",
-    "warmstart:imageUri": "runtime image (ECR URI) replicas and gates run; build it from runtime/image (required)",
+    "warmstart:imageUri": "runtime image (ECR URI) replicas run; build it from runtime/image (required)",
+    "warmstart:gateImageUri": (f"slim gate image (ECR URI) the gate instances run; default: repository "
+                               f"`{GATE_REPOSITORY}` beside the runtime image's `{RUNTIME_REPOSITORY}`, same tag"),
+    "warmstart:ebsKmsKeyArns": ("customer-managed KMS key ARNs that encrypt the instances' volumes (the account's "
+                                "default EBS key if it is one, a weights snapshot's key): the Auto Scaling "
+                                "service-linked role gets a grant on each, or every launch fails"),
 }
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-zA-Z-]+$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,8 @@ class StackConfig:
     image_uri: str
     endpoints: tuple[EndpointConfig, ...]
     variants: dict[str, Variant]
+    gate_image_uri: str = ""
+    ebs_kms_key_arns: tuple[str, ...] = ()
 
     def variant_of(self, endpoint: EndpointConfig) -> Variant:
         return self.variants[endpoint.variant]
@@ -55,6 +71,21 @@ class StackConfig:
     def image_for(self, endpoint: EndpointConfig) -> str:
         """The endpoint's own image_uri, else the stack's warmstart:imageUri."""
         return endpoint.image_uri or self.image_uri
+
+    def gate_image_for(self, endpoint: EndpointConfig) -> str:
+        """warmstart:gateImageUri, else the gate image beside the endpoint's runtime image."""
+        derived = gate_image_beside(self.image_for(endpoint))
+        return self.gate_image_uri or derived or ""
+
+
+def gate_image_beside(runtime_image: str) -> str | None:
+    """`<registry>/<path>/warmstart-gate:<tag>` for `<registry>/<path>/warmstart-runtime:<tag>`
+    (or @digest: a digest names one image, so there is nothing to derive); None otherwise."""
+    registry_path, sep, repo_tag = runtime_image.rpartition("/")
+    repo, colon, tag = repo_tag.partition(":")
+    if repo != RUNTIME_REPOSITORY or "@" in repo_tag:
+        return None
+    return f"{registry_path}{sep}{GATE_REPOSITORY}{colon}{tag}"
 
 
 def _value(values: Mapping[str, Any], key: str) -> Any:
@@ -88,6 +119,8 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
             f"{source}: warmstart:substrate={substrate!r} is not available; use one of {', '.join(SUBSTRATES)}"
         )
     image_uri = values.get("warmstart:imageUri") or ""
+    gate_image = values.get("warmstart:gateImageUri") or ""
+    kms_keys = _kms_keys(values.get("warmstart:ebsKmsKeyArns"), source)
     raw = _value(values, "warmstart:endpoints")
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{source}: warmstart:endpoints must be a non-empty list of endpoints; add one")
@@ -127,12 +160,37 @@ def parse_stack_config(values: Mapping[str, Any], source: str = "stack config",
                 f"{source}: warmstart:imageUri is not set (nor endpoint {ep.name}'s image_uri); build "
                 "runtime/image, push it to ECR and set warmstart:imageUri to its URI"
             )
+        if substrate == "ec2" and not gate_image and not gate_image_beside(ep.image_uri or str(image_uri)):
+            raise ConfigError(
+                f"{source}: warmstart:gateImageUri is not set and endpoint {ep.name}'s runtime image "
+                f"{ep.image_uri or image_uri!r} is not in a repository named {RUNTIME_REPOSITORY}; push the "
+                f"gate image (runtime/image, target gate) and set warmstart:gateImageUri to its URI"
+            )
         variants[variant.name] = variant
         endpoints.append(ep)
     return StackConfig(
         environment=str(env), region=str(region), substrate=substrate, image_uri=str(image_uri),
-        endpoints=tuple(endpoints), variants=variants,
+        endpoints=tuple(endpoints), variants=variants, gate_image_uri=str(gate_image), ebs_kms_key_arns=kms_keys,
     )
+
+
+def _kms_keys(raw: Any, source: str) -> tuple[str, ...]:
+    if raw in (None, "", []):
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.lstrip().startswith("[") else [raw]
+        except ValueError:
+            raise ConfigError(f"{source}: warmstart:ebsKmsKeyArns is not valid JSON; give a list of key ARNs") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: warmstart:ebsKmsKeyArns must be a list of KMS key ARNs")
+    for k in raw:
+        if not isinstance(k, str) or not _KMS_KEY_ARN.match(k):
+            raise ConfigError(
+                f"{source}: warmstart:ebsKmsKeyArns has {k!r}, not a KMS key ARN; use "
+                "arn:aws:kms:REGION:ACCOUNT:key/KEY-ID (aliases cannot be granted on)"
+            )
+    return tuple(raw)
 
 
 def stack_file(stack: str, stack_dir: Path | None = None) -> Path:
@@ -173,5 +231,7 @@ def from_pulumi() -> StackConfig:
         "warmstart:endpoints": ws.get("endpoints"),
         "warmstart:substrate": ws.get("substrate"),
         "warmstart:imageUri": ws.get("imageUri"),
+        "warmstart:gateImageUri": ws.get("gateImageUri"),
+        "warmstart:ebsKmsKeyArns": ws.get("ebsKmsKeyArns"),
     }
     return parse_stack_config(values, source=f"stack {pulumi.get_stack()}")

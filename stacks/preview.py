@@ -124,6 +124,8 @@ def _arn(t: str, svc: str, region: str, name: str) -> str:
         "aws:sns/topic:Topic": f"arn:aws:sns:{region}:{ACCOUNT}:{name}",
         "aws:autoscaling/group:Group": f"arn:aws:autoscaling:{region}:{ACCOUNT}:autoScalingGroup:"
                                        f"{_h(name, 8)}:autoScalingGroupName/{name}",
+        "aws:ec2/launchTemplate:LaunchTemplate": f"arn:aws:ec2:{region}:{ACCOUNT}:launch-template/lt-{_h(name, 17)}",
+        "aws:kms/key:Key": f"arn:aws:kms:{region}:{ACCOUNT}:key/{_h(name, 8)}-{_h(name + 'k', 4)}",
     }
     return formats.get(t, f"arn:aws:{svc}:{region}:{ACCOUNT}:{t.rsplit(':', 1)[-1].lower()}/{name}")
 
@@ -133,11 +135,25 @@ class AwsMocks(pmocks.Mocks):
 
     `snapshots` maps snapshot id -> state the mocked AWS reports for it (the weight cache reads
     the variant's snapshot); unknown ids read as encrypted, which is what `weights build` makes.
+    `offerings` maps an instance type -> the AZ letters that offer it (default: every AZ).
+    `ebs` maps an instance type -> (EBS maximum throughput MB/s, maximum IOPS), DescribeInstanceTypes'
+    figures; unknown types get MOCK_EBS_DEFAULT.
     """
 
-    def __init__(self, region: str = "us-east-1", snapshots: Mapping[str, dict[str, Any]] | None = None):
+    # EbsOptimizedInfo (MaximumThroughputInMBps, MaximumIops) as DescribeInstanceTypes reports them.
+    EBS: dict[str, tuple[float, int]] = {
+        "g6.xlarge": (1250.0, 40000), "g6e.xlarge": (625.0, 20000), "g5.xlarge": (437.5, 20000),
+        "c7i.large": (1250.0, 40000),
+    }
+    MOCK_EBS_DEFAULT = (1250.0, 40000)
+
+    def __init__(self, region: str = "us-east-1", snapshots: Mapping[str, dict[str, Any]] | None = None,
+                 offerings: Mapping[str, str] | None = None,
+                 ebs: Mapping[str, tuple[float, int]] | None = None):
         self.region = region
         self.snapshots = dict(snapshots or {})
+        self.offerings = dict(offerings or {})
+        self.ebs = {**self.EBS, **(ebs or {})}
 
     def call(self, args: pmocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         tok, a, r = args.token, args.args, self.region
@@ -154,6 +170,15 @@ class AwsMocks(pmocks.Mocks):
             return {"name": r, "region": r, "id": r, "endpoint": f"ec2.{r}.amazonaws.com"}, []
         if tok == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if tok == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            wanted = [v for f in a.get("filters") or [] if f.get("name") == "instance-type" for v in f["values"]]
+            pairs = [(t, f"{r}{z}") for t in wanted for z in self.offerings.get(t, "abc")]
+            return {"id": r, "instanceTypes": [t for t, _ in pairs], "locations": [z for _, z in pairs],
+                    "locationTypes": ["availability-zone"] * len(pairs)}, []
+        if tok == "aws:ec2/getInstanceType:getInstanceType":
+            mbps, iops = self.ebs.get(str(a.get("instanceType")), self.MOCK_EBS_DEFAULT)
+            return {"id": a.get("instanceType"), "instanceType": a.get("instanceType"),
+                    "ebsPerformanceMaximumThroughput": mbps, "ebsPerformanceMaximumIops": iops}, []
         if tok == "aws:ec2/getSubnet:getSubnet":
             sid = str(a.get("id"))
             return {"id": sid, "availabilityZone": f"{r}{'abc'[int(_h(sid), 16) % 3]}", "vpcId": "vpc-adopted"}, []

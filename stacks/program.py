@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 def _ec2(cfg: StackConfig, ep: EndpointConfig) -> Deployment:
     return Deployment(ep.name, DeploymentArgs(endpoint=ep, variant=cfg.variant_of(ep), region=cfg.region,
-                                              image_uri=cfg.image_for(ep)))
+                                              image_uri=cfg.image_for(ep), gate_image_uri=cfg.gate_image_for(ep),
+                                              ebs_kms_key_arns=cfg.ebs_kms_key_arns))
 
 
 def _eks(cfg: StackConfig, ep: EndpointConfig) -> EksDeployment:

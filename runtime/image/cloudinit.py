@@ -48,8 +48,14 @@ ENGINE_TEMPLATE = f"{ETC_DIR}/engine.sh.tpl"
 BOOT_ENV = f"{ETC_DIR}/boot.env"
 
 GATE_PORT = 8080
-GATE_CONFIG = f"{ETC_DIR}/gate.json"
-# The gate process inside the runtime image; gunicorn + gevent are configured by the gate itself.
+# A directory of its own, bind-mounted read-only: the refresh replaces gate.json by rename (atomic),
+# and a bind mount of the file itself would keep showing the container the old inode.
+GATE_CONFIG_DIR = f"{ETC_DIR}/gate"
+GATE_CONFIG = f"{GATE_CONFIG_DIR}/gate.json"
+# The gate image's USER, as the same uid/gid pair the container is started with (docker run
+# --user): the config (it holds the cache's AUTH token) is root-owned and readable by this group only.
+GATE_UID = RUNTIME_UID
+# The gate process inside the gate image; gunicorn + gevent are configured by the gate itself.
 GATE_COMMAND: tuple[str, ...] = (
     "warmstart", "gate", "--config", GATE_CONFIG, "--host", "0.0.0.0", "--port", str(GATE_PORT),
 )
@@ -107,6 +113,8 @@ class ReplicaUserData:
         argv = [
             # --entrypoint "": the image's own entrypoint must not wrap the launcher's argv.
             "docker", "run", "--rm", "--name", REPLICA_CONTAINER, "--entrypoint", "",
+            # The uid the boot script hands cache/ to, stated rather than inherited from the image.
+            "--user", f"{RUNTIME_UID}:{RUNTIME_UID}",
             "--gpus", "all", "--network", "host", "--ipc", "host",
             "-v", f"{WEIGHTS_MOUNT}:{WEIGHTS_MOUNT}",
             *_awslogs(self.region, self.log_group, f"replica-{instance_id}"),
@@ -243,22 +251,34 @@ class GateUserData:
     log_group: str
     config_parameter: str
     refresh_interval_s: int = 60
+    # gunicorn settings from the edge's timeout rule (components/timeouts.py): WS_GATE_KEEPALIVE,
+    # WS_GATE_GRACEFUL_TIMEOUT.
+    gate_env: dict[str, str] = field(default_factory=dict)
+    # `docker stop --time`: above gunicorn's graceful timeout, so running streams end on their own.
+    stop_timeout_s: int = 60
 
     def docker_argv(self, instance_id: str = "%H") -> list[str]:
-        return [
+        argv = [
             "/usr/bin/docker", "run", "--rm", "--name", GATE_CONTAINER, "--entrypoint", "", "--network", "host",
-            "-v", f"{GATE_CONFIG}:{GATE_CONFIG}:ro",
+            # Explicit uid AND gid: the image's USER gives the uid, but the group that may read the
+            # config must not depend on the image's /etc/group.
+            "--user", f"{GATE_UID}:{GATE_UID}",
+            "-v", f"{GATE_CONFIG_DIR}:{GATE_CONFIG_DIR}:ro",
             *_awslogs(self.region, self.log_group, f"gate-{instance_id}"),
             # boto3 (key table, ASG, CloudWatch) takes credentials from IMDS but not the region.
             "-e", f"AWS_REGION={self.region}", "-e", f"AWS_DEFAULT_REGION={self.region}",
-            self.image_uri, *GATE_COMMAND,
         ]
+        for k, v in sorted(self.gate_env.items()):
+            argv += ["-e", f"{k}={v}"]
+        return [*argv, self.image_uri, *GATE_COMMAND]
 
     def boot_env(self) -> dict[str, str]:
         return {
             "IMAGE_URI": self.image_uri,
             "REGION": self.region,
             "GATE_CONFIG": GATE_CONFIG,
+            "GATE_CONFIG_DIR": GATE_CONFIG_DIR,
+            "GATE_GID": str(GATE_UID),
             "GATE_CONFIG_PARAMETER": self.config_parameter,
         }
 
@@ -274,9 +294,16 @@ def render_gate(ud: GateUserData) -> str:
             _unit(
                 "warmstart gate (gunicorn + gevent) behind the ALB",
                 {"ExecStartPre": f"-/usr/bin/docker rm -f {GATE_CONTAINER}", "ExecStart": exec_start,
-                 "ExecStop": f"/usr/bin/docker stop --time 60 {GATE_CONTAINER}",
+                 # gunicorn reloads on HUP: new workers read the new config, old ones finish their
+                 # requests (graceful timeout); the listening socket never closes.
+                 "ExecReload": f"/usr/bin/docker kill --signal HUP {GATE_CONTAINER}",
+                 "ExecStop": f"/usr/bin/docker stop --time {ud.stop_timeout_s} {GATE_CONTAINER}",
+                 # systemd's default (90 s) would kill the stop itself long before the streams end.
+                 "TimeoutStopSec": str(ud.stop_timeout_s + 30),
                  "Restart": "always", "RestartSec": "3"},
                 after=("docker.service", "network-online.target"), requires=("docker.service",),
+                # Enabled by gate-boot.sh: a reboot brings the gate back with the config on disk.
+                wanted_by="multi-user.target",
             ),
         ),
         _file(

@@ -398,7 +398,8 @@ def test_https_when_a_certificate_is_given(pulumi_record: Any) -> None:
     assert a["alb.ingress.kubernetes.io/certificate-arn"] == cert
     assert a["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
     assert '"HTTPS": 443' in a["alb.ingress.kubernetes.io/listen-ports"]
-    assert "idle_timeout.timeout_seconds=960" in a["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    # request 900 + hold 120 (default) + 30 s margin (components/timeouts.py)
+    assert "idle_timeout.timeout_seconds=1050" in a["alb.ingress.kubernetes.io/load-balancer-attributes"]
     # An external store: no Valkey in the namespace.
     assert not [d for d in docs if d["metadata"]["name"] == STORE]
     assert [e for d in docs for e in validate_manifest(d)] == []

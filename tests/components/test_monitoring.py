@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from components.monitoring import NO_CAPACITY_EXPRESSION
 from tests.support.pulumi_harness import stack_graph
 from warmstart import metrics, naming
 
@@ -89,3 +90,34 @@ def test_metric_filters_read_fields_the_gate_writes() -> None:
 
 def test_gate_access_line_names_its_endpoint() -> None:
     assert metrics.ACCESS_LOG_ENDPOINT_FIELD in _access_log_fields()
+
+
+def test_alarm_topic_key_lets_cloudwatch_publish() -> None:
+    """Alarm notifications to an SSE-KMS topic arrive only if the key policy allows
+    cloudwatch.amazonaws.com kms:GenerateDataKey* and kms:Decrypt; alias/aws/sns (AWS-managed, its
+    policy not editable) does not, so its alarms would never be delivered."""
+    g = stack_graph("prod")
+    topic = g.one("aws:sns/topic:Topic").inputs
+    key = g.one("aws:kms/key:Key")
+    assert topic["kmsMasterKeyId"] == key.outputs["arn"] != "alias/aws/sns"
+    assert key.inputs["enableKeyRotation"] is True
+    policy = json.loads(key.inputs["policy"])
+    (cw,) = [s for s in policy["Statement"] if s.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com"]
+    assert set(cw["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"} and cw["Effect"] == "Allow"
+    assert cw["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+    admin = [s for s in policy["Statement"] if s.get("Principal", {}).get("AWS") == "arn:aws:iam::123456789012:root"]
+    assert admin  # the account keeps control of its key (else it becomes unmanageable)
+    assert stack_graph("dev").of_type("aws:kms/key:Key") == []  # no address, no topic, no key
+
+
+def test_no_capacity_alarm_reads_waiting_requests() -> None:
+    """A request held for capacity holds no lease, so InFlight is 0 whenever no replica is ready:
+    the alarm reads Waiting (the gate's held requests) against ReadyReplicas."""
+    g = stack_graph("prod")
+    (alarm,) = [r for r in g.of_type("aws:cloudwatch/metricAlarm:MetricAlarm") if r.name.endswith("no-capacity")]
+    queries = {q["id"]: q for q in alarm.inputs["metricQueries"]}
+    assert queries["waiting"]["metric"]["metricName"] == metrics.WAITING
+    assert queries["ready"]["metric"]["metricName"] == "ReadyReplicas"
+    assert queries["stuck"]["expression"] == NO_CAPACITY_EXPRESSION and queries["stuck"]["returnData"] is True
+    assert "InFlight" not in json.dumps(alarm.inputs["metricQueries"])
+    assert "FILL(waiting, 0) > 0" in NO_CAPACITY_EXPRESSION and "FILL(ready, 0) == 0" in NO_CAPACITY_EXPRESSION

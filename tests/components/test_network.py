@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from components.network import Network, NetworkArgs
-from stacks.preview import Graph
-from tests.support.pulumi_harness import Recorder, render_values, stack_graph, with_endpoint
+from stacks.preview import AwsMocks, Graph, _h
+from tests.support.pulumi_harness import Recorder, render_values, stack_graph, stack_values, with_endpoint
 
 SUBNET = "aws:ec2/subnet:Subnet"
 
@@ -69,3 +69,32 @@ def test_three_azs(pulumi_record: Recorder) -> None:
                                                        nat_per_az=True)))
     assert len(_subnets(g, "private")) == 3 and len(g.of_type("aws:ec2/natGateway:NatGateway")) == 3
     assert len({s.inputs["cidrBlock"] for s in g.of_type(SUBNET)}) == 6
+
+
+def test_azs_offer_every_instance_type_of_the_endpoint() -> None:
+    """DescribeInstanceTypeOfferings (LocationType availability-zone): a GPU type is offered in only
+    some AZs of a region; the subnets go where the GPU AND the gate type are offered, never simply
+    in the region's first two AZ names."""
+    mocks = AwsMocks(offerings={"g6.xlarge": "bc"})  # dev's GPU type: not in us-east-1a
+    g = render_values(stack_values("dev"), mocks=mocks)
+    assert sorted({s.inputs["availabilityZone"] for s in g.of_type(SUBNET)}) == ["us-east-1b", "us-east-1c"]
+
+
+def test_too_few_azs_offering_the_types_is_one_line() -> None:
+    mocks = AwsMocks(offerings={"g6.xlarge": "ab", "c7i.large": "bc"})
+    # raised inside an apply: Pulumi wraps it in ValueErrors that carry its one line
+    with pytest.raises(ValueError, match=r"region us-east-1 offers every instance type of this endpoint in 1 "
+                                          r"AZ\(s\) \(us-east-1b\), fewer than the 2 needed \(c7i.large: us-east-1b, "
+                                          r"us-east-1c; g6.xlarge: us-east-1a, us-east-1b\); pick types offered"):
+        render_values(stack_values("dev"), mocks=mocks)
+
+
+def test_adopted_subnets_must_be_where_the_types_are() -> None:
+    net = {"vpc_id": "vpc-0abc", "public_subnet_ids": ["subnet-p1", "subnet-p2"],
+           "private_subnet_ids": ["subnet-q1", "subnet-q2"]}
+    # the mock puts these subnet ids in us-east-1c (a hash of the id)
+    assert [f"us-east-1{'abc'[int(_h(s), 16) % 3]}" for s in net["private_subnet_ids"]] == ["us-east-1c"] * 2
+    render_values(with_endpoint("dev", network=net), mocks=AwsMocks(offerings={"g6.xlarge": "c"}))
+    with pytest.raises(ValueError, match=r"network.private_subnet_ids: subnet-q1 is in us-east-1c, "
+                                         r"where us-east-1 does not offer g6.xlarge; use private subnets"):
+        render_values(with_endpoint("dev", network=net), mocks=AwsMocks(offerings={"g6.xlarge": "ab"}))

@@ -6,9 +6,17 @@ import json
 
 import pytest
 
-from components.nodegroup import DRAIN_MARGIN_S, GPU_AMI_PARAMETER, LAUNCH_HOOK, TERMINATE_HOOK
+from components.nodegroup import (
+    DRAIN_MARGIN_S,
+    GPU_AMI_PARAMETER,
+    LAUNCH_HOOK,
+    TERMINATE_HOOK,
+    refresh_preferences,
+    warm_pool_bounds,
+    weights_volume_performance,
+)
 from runtime.image import cloudinit
-from stacks.preview import Graph, _h
+from stacks.preview import AwsMocks, Graph, _h
 from tests.support.pulumi_harness import render_values, stack_graph, stack_values, with_endpoint
 from warmstart import naming
 from warmstart.spec import load_variant
@@ -97,7 +105,9 @@ def test_stopped_endpoint_runs_no_replica() -> None:
     assert (i["minSize"], i["maxSize"]) == (0, 0)
     cfg = json.loads(g.one("aws:ssm/parameter:Parameter").inputs["value"])
     assert cfg["stopped"] is True
-    assert all(p.inputs["enabled"] is False for p in g.of_type("aws:autoscaling/policy:Policy"))
+    replica_policies = [p for p in g.of_type("aws:autoscaling/policy:Policy")
+                        if p.inputs["autoscalingGroupName"] == replica_asg(g).outputs["name"]]
+    assert replica_policies and all(p.inputs["enabled"] is False for p in replica_policies)
 
 
 def test_change_gpu_sets_the_launch_template_instance_type() -> None:
@@ -156,7 +166,8 @@ def test_leaving_replicas_drain_through_a_termination_hook(env: str, request_tim
     # the role may complete exactly this group's actions and tag only its endpoint's instances' phase
     doc = json.loads(g.one("aws:iam/rolePolicy:RolePolicy", "replicas-policy").inputs["policy"])
     by_sid = {s["Sid"]: s for s in doc["Statement"]}
-    assert by_sid["OwnLifecycleHook"]["Action"] == ["autoscaling:CompleteLifecycleAction"]
+    assert by_sid["OwnLifecycleHook"]["Action"] == ["autoscaling:CompleteLifecycleAction",
+                                                    "autoscaling:RecordLifecycleActionHeartbeat"]
     (asg_arn,) = by_sid["OwnLifecycleHook"]["Resource"]
     assert asg_arn.endswith(f":autoScalingGroupName/{h['autoscalingGroupName']}")
     tag = by_sid["OwnPhaseTag"]
@@ -173,3 +184,69 @@ def test_operations_doc_describes_the_drain_and_idle_rule_the_code_has() -> None
     ops = " ".join(text.split("<!-- section:operations -->")[1].split("<!-- /section:operations -->")[0].split())
     assert f"(`{TERMINATE_HOOK}`, heartbeat = `request_timeout_s` + {DRAIN_MARGIN_S} s)" in ops
     assert all(name in ops for name in metrics.PUBLISHED)  # every metric the gates publish
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_instance_refresh_health_range_is_one_aws_accepts(env: str) -> None:
+    """RefreshPreferences.MaxHealthyPercentage: "the difference between them cannot be greater than
+    100" — min 0 / max 200 passes the first `pulumi up` and fails every later launch-template change.
+    Launch before terminate (100/200): a serving replica leaves only after its replacement serves."""
+    prefs = replica_asg(stack_graph(env)).inputs["instanceRefresh"]["preferences"]
+    assert 0 <= prefs["maxHealthyPercentage"] - prefs["minHealthyPercentage"] <= 100
+    assert (prefs["minHealthyPercentage"], prefs["maxHealthyPercentage"]) == (100, 200)
+    for min_size in (0, 1, 8):
+        lo, hi = refresh_preferences(min_size)
+        assert 100 <= hi <= 200 and hi - lo <= 100
+
+
+@pytest.mark.parametrize(("env", "size"), [("staging", 1), ("prod", 2)])
+def test_warm_pool_keeps_exactly_its_size(env: str, size: int) -> None:
+    """PutWarmPool: "Only when MaxGroupPreparedCapacity and MinSize are set to the same value does the
+    warm pool have an absolute size"; max(max_size, size) kept max - desired instances prepared
+    (prod: 7, not 2), each a stopped GPU instance with a billed, pre-read volume."""
+    pool = replica_asg(stack_graph(env)).inputs["warmPool"]
+    assert pool["minSize"] == pool["maxGroupPreparedCapacity"] == size
+    assert warm_pool_bounds(3) == (3, 3)
+
+
+def test_weights_volume_performance_stops_at_the_instance_ebs_limit() -> None:
+    """gp3 performance above the included 3,000 IOPS / 125 MiB/s is billed per volume, stopped or not;
+    above the instance's EBS maximum (DescribeInstanceTypes MaximumThroughputInMBps / MaximumIops)
+    nothing can read it. gp3: "maximum ratio of provisioned throughput to provisioned IOPS is .25
+    MiB/s per IOPS"."""
+    # g6e.xlarge: 625 MB/s = 596 MiB/s
+    assert weights_volume_performance(wanted_mibps=1000, wanted_iops=4000, instance_max_mbps=625.0,
+                                      instance_max_iops=20000) == (596, 4000)
+    # a type that can take it all gets what was asked
+    assert weights_volume_performance(wanted_mibps=1000, wanted_iops=4000, instance_max_mbps=1250.0,
+                                      instance_max_iops=40000) == (1000, 4000)
+    # the IOPS cap binds throughput by the 0.25 ratio; never below gp3's included figures
+    assert weights_volume_performance(wanted_mibps=1000, wanted_iops=4000, instance_max_mbps=1250.0,
+                                      instance_max_iops=3200) == (800, 3200)
+    assert weights_volume_performance(wanted_mibps=1000, wanted_iops=4000, instance_max_mbps=100.0,
+                                      instance_max_iops=2000) == (125, 3000)
+    assert weights_volume_performance(wanted_mibps=1000, wanted_iops=4000, instance_max_mbps=None,
+                                      instance_max_iops=None) == (1000, 4000)
+
+
+@pytest.mark.parametrize(("env", "itype"), [("dev", "g6.xlarge"), ("prod", "g6e.xlarge")])
+def test_weights_volume_sized_from_the_instance_type(env: str, itype: str) -> None:
+    g = stack_graph(env)
+    ebs = replica_lt(g).inputs["blockDeviceMappings"][1]["ebs"]
+    mbps, iops = AwsMocks.EBS[itype]
+    assert ebs["throughput"] <= mbps * 1e6 / 2**20 and ebs["iops"] <= iops
+    assert ebs["throughput"] <= ebs["iops"] * 0.25
+
+
+def test_launch_hook_heartbeat_bounds_one_phase_and_the_scripts_beat() -> None:
+    """RecordLifecycleActionHeartbeat "resets the heartbeat timeout": the boot scripts beat between
+    launch phases (pull, pre-read, engine warm-up), so HeartbeatTimeout bounds one phase, which the
+    serving boot's own wait stays inside; the role may beat for its own group only."""
+    g = stack_graph("prod")
+    (hook,) = replica_asg(g).inputs["initialLifecycleHooks"]
+    ud = cloudinit.decode(replica_lt(g).inputs["userData"])
+    tries = int(next(ln for ln in cloudinit.written_file(ud, cloudinit.BOOT_ENV).splitlines()
+                     if ln.startswith("READY_WAIT_TRIES=")).split("=")[1])
+    assert tries * 5 < hook["heartbeatTimeout"] <= 7200
+    for script in ("replica-boot.sh", "warm-pool-hook.sh"):
+        assert "record-lifecycle-action-heartbeat" in cloudinit.written_file(ud, f"{cloudinit.BIN_DIR}/{script}")

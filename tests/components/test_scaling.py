@@ -146,7 +146,9 @@ def test_a_stream_longer_than_the_idle_timeout_keeps_its_replica() -> None:
 
 def test_active_never_goes_below_min() -> None:
     g = stack_graph("prod")
-    assert [p.name for p in g.of_type(POLICY)] == ["chat-scaling-inflight"]
+    replicas = g.one("aws:autoscaling/group:Group", "replicas-asg").outputs["name"]
+    assert [p.name for p in g.of_type(POLICY) if p.inputs["autoscalingGroupName"] == replicas] == [
+        "chat-scaling-inflight"]
     assert [a for a in g.of_type(ALARM) if a.name.endswith("scaling-idle")] == []
     assert g.one("aws:autoscaling/group:Group", "replicas-asg").inputs["minSize"] >= 1
 

@@ -32,7 +32,7 @@ VARIANT = "smollm2-135m-cpu-ngram"
 IDLE_S = 8.0
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 PARIS = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -179,4 +179,8 @@ def test_engine_warm_up_renders_the_address_waits_for_health_and_stops(host: Ec2
     assert "engine answered /health; stopping it" in res.stderr
     assert "--host 127.0.0.1" in (run_dir / "engine.sh").read_text()  # this boot's address, from IMDS
     assert (run_dir / "units.log").read_text() == "stopped\n"
-    assert [a["LifecycleActionResult"] for a in host.actions] == ["CONTINUE"]
+    # the engine warm-up is its own phase: a heartbeat (RecordLifecycleActionHeartbeat "resets the
+    # heartbeat timeout") restarts the launch hook's clock before it, then the action completes
+    assert [(a["Action"], a["LifecycleHookName"], a.get("LifecycleActionResult")) for a in host.actions] == [
+        ("RecordLifecycleActionHeartbeat", "warmstart-launch", None),
+        ("CompleteLifecycleAction", "warmstart-launch", "CONTINUE")]

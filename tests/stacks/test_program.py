@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from runtime.image import cloudinit
-from stacks.config import parse_stack_config, read_stack_file
+from stacks.config import gate_image_beside, parse_stack_config, read_stack_file
 from stacks.preview import Graph
 from tests.support.pulumi_harness import render_values, stack_values, with_endpoint
 from warmstart import docs
@@ -67,11 +67,44 @@ def test_two_endpoints_in_one_stack() -> None:
 
 
 def test_endpoint_image_overrides_the_stack_image() -> None:
-    values = with_endpoint("dev", image_uri="111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2")
+    values = with_endpoint("dev", image_uri="111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-runtime:2")
     values.pop("warmstart:imageUri")
     g = render_values(values)
     ud = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "replicas-lt").inputs["userData"])
-    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/mine:2" in ud
+    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-runtime:2" in ud
+    gate = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "gate-lt").inputs["userData"])
+    assert "IMAGE_URI=111111111111.dkr.ecr.eu-west-1.amazonaws.com/warmstart-gate:2" in gate
+
+
+@pytest.mark.parametrize(("runtime", "gate"), [
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-runtime:0.1.0",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-gate:0.1.0"),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/team/warmstart-runtime:abc",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/warmstart-gate:abc"),
+    ("warmstart-runtime", "warmstart-gate"),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/warmstart-runtime@sha256:" + "a" * 64, None),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:0.1.0", None),
+])
+def test_gate_image_sits_beside_the_runtime_image(runtime: str, gate: str | None) -> None:
+    """The slim gate image is pushed as repository warmstart-gate beside warmstart-runtime, same tag;
+    a digest names one image only, so nothing is derived from it."""
+    assert gate_image_beside(runtime) == gate
+
+
+def test_gate_image_is_set_or_derivable() -> None:
+    values = with_endpoint("dev")
+    values["warmstart:imageUri"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:1"
+    with pytest.raises(ConfigError, match=r"warmstart:gateImageUri is not set and endpoint chat's runtime image "
+                                          r"'123456789012.dkr.ecr.us-east-1.amazonaws.com/vllm:1' is not in a "
+                                          r"repository named warmstart-runtime"):
+        parse_stack_config(values, source="s")
+    values["warmstart:gateImageUri"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com/gate:1"
+    g = render_values(values)
+    gate = cloudinit.decode(g.one("aws:ec2/launchTemplate:LaunchTemplate", "gate-lt").inputs["userData"])
+    assert "IMAGE_URI=123456789012.dkr.ecr.us-east-1.amazonaws.com/gate:1" in gate
+    doc = json.loads(g.one("aws:iam/rolePolicy:RolePolicy", "gate-policy").inputs["policy"])
+    pull = next(s for s in doc["Statement"] if s["Sid"] == "EcrPull")
+    assert pull["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/gate"]  # the gate image only
 
 
 # --- config errors: one line naming the value and the fix ---------------------------------------
@@ -222,7 +255,7 @@ def test_pulumi_yaml_declares_every_key_the_program_reads() -> None:
 
     declared = set(project["config"])
     # Pulumi's schema has no object type: structured keys are validated by the program instead.
-    structured = {"warmstart:endpoints", "warmstart:eks"}
+    structured = {"warmstart:endpoints", "warmstart:eks", "warmstart:ebsKmsKeyArns"}
     assert all(project["config"][k]["type"] in ("string", "integer", "boolean") for k in declared)
     assert {k for k in STACK_KEYS if k.startswith("warmstart:")} - structured <= declared
     for env in ("dev", "staging", "prod"):
@@ -248,3 +281,27 @@ def test_pulumi_entry_point_runs_the_program() -> None:
                stack="dev")
     assert len(g.resources) == len(render_values(values).resources)
     assert g.outputs["variant"]["value"] == "llama31-8b-fp8-l4"
+
+
+def test_volume_keys_are_granted_to_the_auto_scaling_role() -> None:
+    """Accounts whose EBS default encryption (or a weights snapshot) uses a customer-managed key:
+    AWSServiceRoleForAutoScaling must be allowed to use it ("Required AWS KMS key policy for use
+    with encrypted volumes": Encrypt, Decrypt, ReEncrypt*, GenerateDataKey*, DescribeKey,
+    CreateGrant), or every launch fails with Client.InternalError. A grant per key, after the groups
+    (whose creation creates that role)."""
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    values = stack_values("dev")
+    values["warmstart:ebsKmsKeyArns"] = [key]
+    g = render_values(values)
+    (grant,) = g.of_type("aws:kms/grant:Grant")
+    assert grant.inputs["keyId"] == key
+    assert grant.inputs["granteePrincipal"] == (
+        "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling")
+    assert set(grant.inputs["operations"]) == {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GenerateDataKey",
+                                               "GenerateDataKeyWithoutPlaintext", "DescribeKey", "CreateGrant"}
+    assert {"chat-edge-gate-asg", "chat-replicas-asg"} <= set(grant.options["depends_on"])
+    assert render_values(stack_values("dev")).of_type("aws:kms/grant:Grant") == []  # AWS-managed key: nothing to grant
+    values["warmstart:ebsKmsKeyArns"] = ["alias/my-ebs"]
+    with pytest.raises(ConfigError, match=r"warmstart:ebsKmsKeyArns has 'alias/my-ebs', not a KMS key ARN; use "
+                                          r"arn:aws:kms:REGION:ACCOUNT:key/KEY-ID"):
+        parse_stack_config(values, source="s")

@@ -11,7 +11,8 @@
 #   2. waits until vLLM has no request running or queued (its /metrics gauges), seen on two polls
 #      in a row (a request the gate routed just before it noticed may still arrive), bounded by
 #      DRAIN_TIMEOUT_S (the endpoint's request timeout)
-#   3. stops the engine and completes the lifecycle action with CONTINUE
+#   3. stops the engine and completes the lifecycle action with CONTINUE (the launch hook's when
+#      the instance returns to the warm pool, the termination hook's otherwise; see below)
 # The hook's heartbeat outlasts DRAIN_TIMEOUT_S; if this script dies, the heartbeat's default
 # result (CONTINUE) ends the wait anyway.
 #
@@ -73,13 +74,24 @@ while :; do
 done
 
 "$SYSTEMCTL" stop warmstart-replica.service || true
+# Which hook holds the instance: leaving for good, the termination hook (Terminating:Wait). Going
+# back to the warm pool (reuse_on_scale_in), AWS pauses it in Warmed:Pending:Wait, the state the
+# LAUNCH hook governs ("When you add a launch lifecycle hook, Amazon EC2 Auto Scaling pauses an
+# instance that transitions to the Warmed:Pending:Wait state"): complete that one first, and the
+# termination hook if no launch action is pending (the API refuses an action that is not).
+case "$state" in
+  Warmed:*) hooks=("$LAUNCH_HOOK_NAME" "$TERMINATE_HOOK_NAME") ;;
+  *) hooks=("$TERMINATE_HOOK_NAME") ;;
+esac
 for _ in 1 2 3; do
-  if aws autoscaling complete-lifecycle-action --region "$REGION" \
-    --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$TERMINATE_HOOK_NAME" \
-    --instance-id "$instance_id" --lifecycle-action-result CONTINUE; then
-    log "lifecycle action completed"
-    exit 0
-  fi
+  for hook in "${hooks[@]}"; do
+    if aws autoscaling complete-lifecycle-action --region "$REGION" \
+      --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$hook" \
+      --instance-id "$instance_id" --lifecycle-action-result CONTINUE; then
+      log "lifecycle action of $hook completed"
+      exit 0
+    fi
+  done
   sleep "$DRAIN_POLL_S"
 done
 exit 1

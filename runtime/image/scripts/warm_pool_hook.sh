@@ -8,7 +8,8 @@
 #      parallel dd where fio is not installed
 #   2. warm vLLM's caches: start the engine once (WARM_ENGINE=1, default) so torch.compile and
 #      CUDA-graph caches are written to the weights volume's cache/ directory, wait for /health,
-#      stop it (EBS keeps those files across the stop)
+#      stop it (EBS keeps those files across the stop); a heartbeat before it restarts the
+#      launch hook's clock, so its timeout bounds each phase, not their sum
 #   3. complete-lifecycle-action CONTINUE (IMDSv2 for the instance id); on any failure ABANDON,
 #      so the ASG replaces the instance instead of pooling a cold one
 #
@@ -39,6 +40,13 @@ complete() {
   aws autoscaling complete-lifecycle-action --region "$REGION" \
     --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$LAUNCH_HOOK_NAME" \
     --instance-id "$instance_id" --lifecycle-action-result "$1"
+}
+
+# A phase boundary restarts the hook's heartbeat clock (see replica-boot.sh).
+heartbeat() {
+  aws autoscaling record-lifecycle-action-heartbeat --region "$REGION" \
+    --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$LAUNCH_HOOK_NAME" \
+    --instance-id "$instance_id" || true
 }
 
 abandon() {
@@ -125,6 +133,7 @@ if [ -z "$dev" ] || [ ! -e "$dev" ]; then
 fi
 preread "$dev"
 if [ "$WARM_ENGINE" = "1" ]; then
+  heartbeat
   warm_engine
 fi
 complete CONTINUE

@@ -40,8 +40,31 @@ if [[ "$IMAGE_URI" == *.dkr.ecr.*.amazonaws.com/* ]]; then
   aws ecr get-login-password --region "$REGION" \
     | docker login --username AWS --password-stdin "${IMAGE_URI%%/*}"
 fi
+# Each phase of a launch (image pull, pre-read, engine warm-up) may take most of the launch hook's
+# heartbeat timeout; a heartbeat at each phase boundary restarts its clock, so the timeout bounds
+# one phase (a stall), not the sum. Outside an ASG there is no hook to beat for.
+heartbeat() {
+  [ -n "$state" ] || return 0
+  aws autoscaling record-lifecycle-action-heartbeat --region "$REGION" \
+    --auto-scaling-group-name "$ASG_NAME" --lifecycle-hook-name "$LAUNCH_HOOK_NAME" \
+    --instance-id "$instance_id" || true
+}
 docker pull --quiet "$IMAGE_URI"
+heartbeat
 
+# vLLM (serving, or warming a warm-pool instance's caches) runs as the image's unprivileged user
+# (docker run --user RUNTIME_UID:RUNTIME_UID) and writes its compile cache to cache/; the volume
+# was filled by root. Hand cache/ (only: model/
+# stays root's) to that uid, walking it again only when something in it is not already theirs;
+# and let it read model/ even where the build ran under a strict umask.
+install -d -m 0755 "$WEIGHTS_MOUNT/cache"
+if [ -n "$(find "$WEIGHTS_MOUNT/cache" ! -uid "$RUNTIME_UID" -print -quit)" ]; then
+  chown -R "$RUNTIME_UID:$RUNTIME_UID" "$WEIGHTS_MOUNT/cache"
+fi
+chmod a+rx "$WEIGHTS_MOUNT"
+if [ -d "$WEIGHTS_MOUNT/model" ] && [ -n "$(find "$WEIGHTS_MOUNT/model" \( -type d ! -perm -o=rx \) -o \( ! -type d ! -perm -o=r \) -print -quit)" ]; then
+  chmod -R a+rX "$WEIGHTS_MOUNT/model"
+fi
 if [ "$state" = "Warmed:Stopped" ]; then
   exec "$BIN_DIR/warm-pool-hook.sh"
 fi
@@ -57,15 +80,9 @@ mkdir -p "$RUN_DIR"
 sed -e "s/@PRIVATE_IPV4@/$private_ip/g" -e "s/@INSTANCE_ID@/$instance_id/g" \
   "$ENGINE_TEMPLATE" > "$RUN_DIR/engine.sh.tmp"
 mv "$RUN_DIR/engine.sh.tmp" "$RUN_DIR/engine.sh"
-# vLLM runs as the image's unprivileged user and writes its compile cache to cache/; the volume
-# was filled by root. Hand cache/ (only: model/ stays root's, read-only to the container) to that
-# uid, walking it again only when something in it is not already theirs.
-install -d -m 0755 "$WEIGHTS_MOUNT/cache"
-if [ -n "$(find "$WEIGHTS_MOUNT/cache" ! -uid "$RUNTIME_UID" -print -quit)" ]; then
-  chown -R "$RUNTIME_UID:$RUNTIME_UID" "$WEIGHTS_MOUNT/cache"
-fi
 "$SYSTEMCTL" start warmstart-replica.service
 phase warming
+heartbeat
 
 complete() {
   [ -n "$state" ] || return 0
